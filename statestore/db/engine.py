@@ -1,0 +1,202 @@
+"""URL normalisation and engine creation: every dialect-specific setting lives here.
+
+SQLite: WAL, ``foreign_keys=ON``, a busy timeout and ``synchronous`` on every connection; the
+driver's own transaction handling is switched off and we emit ``BEGIN IMMEDIATE`` (writers)
+or ``BEGIN`` (readers) ourselves, the recipe from SQLAlchemy's SQLite dialect docs. Writers
+take the write lock up front, so a read-then-write transaction never fails with SQLITE_BUSY
+half-way.
+
+PostgreSQL: asyncpg with pre-ping and READ COMMITTED.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool, StaticPool
+
+from statestore.errors import ConfigurationError
+
+URL_ENV_VAR = "STATESTORE_DATABASE_URL"
+DEFAULT_URL = "sqlite:///./statestore.db"
+ACCEPTED_SCHEMES = (
+    "sqlite:///PATH",
+    "sqlite:///:memory:",
+    "sqlite+aiosqlite:///PATH",
+    "postgresql://…",
+    "postgres://…",
+    "postgresql+asyncpg://…",
+)
+
+_SQLITE_DRIVERS = {"sqlite", "sqlite+aiosqlite", "sqlite+pysqlite"}
+_POSTGRES_DRIVERS = {"postgresql", "postgres", "postgresql+asyncpg"}
+
+Durability = Literal["NORMAL", "FULL"]
+
+json_serializer = functools.partial(
+    json.dumps, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+)
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """A normalised database location."""
+
+    dialect: Literal["sqlite", "postgresql"]
+    async_url: URL
+    """URL for the user-facing AsyncEngine (aiosqlite / asyncpg)."""
+    sync_url: URL | None = None
+    """SQLite only: URL of the stdlib driver the store's own threads use."""
+    sqlite_path: Path | None = None
+    """SQLite file, or ``None`` for an in-memory database."""
+
+    @property
+    def is_memory(self) -> bool:
+        return self.dialect == "sqlite" and self.sqlite_path is None
+
+    def redacted(self) -> str:
+        return self.async_url.render_as_string(hide_password=True)
+
+
+def resolve_url(url: str | URL | None) -> str | URL:
+    """The explicit URL, else ``$STATESTORE_DATABASE_URL``, else the embedded default."""
+    if url is not None:
+        return url
+    return os.environ.get(URL_ENV_VAR) or DEFAULT_URL
+
+
+def parse_database_url(url: str | URL | None) -> DatabaseConfig:
+    """Normalise a URL to the async driver of its database.
+
+    Raises :class:`ConfigurationError` for anything that is not SQLite or PostgreSQL.
+    """
+    raw = resolve_url(url)
+    if not isinstance(raw, str | URL):
+        raise ConfigurationError(f"database URL must be a string, got {type(raw).__name__}")
+    try:
+        parsed = make_url(raw)
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigurationError(
+            f"cannot parse database URL {str(raw)!r:.200}: {exc}; accepted: "
+            + ", ".join(ACCEPTED_SCHEMES)
+        ) from None
+    driver = parsed.drivername
+    if driver in _SQLITE_DRIVERS:
+        return _sqlite_config(parsed)
+    if driver in _POSTGRES_DRIVERS:
+        return DatabaseConfig("postgresql", parsed.set(drivername="postgresql+asyncpg"))
+    raise ConfigurationError(
+        f"unsupported database URL scheme {driver!r}; accepted: " + ", ".join(ACCEPTED_SCHEMES)
+    )
+
+
+def _sqlite_config(parsed: URL) -> DatabaseConfig:
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file::memory:"):
+        # One named shared-cache in-memory database, so that the store's connection and
+        # the user-facing AsyncEngine see the same data for the life of the store.
+        name = f"file:statestore-{uuid.uuid4().hex}"
+        query = {"mode": "memory", "cache": "shared", "uri": "true"}
+        return DatabaseConfig(
+            "sqlite",
+            async_url=URL.create("sqlite+aiosqlite", database=name, query=query),
+            sync_url=URL.create("sqlite+pysqlite", database=name, query=query),
+        )
+    path = Path(database).expanduser()
+    return DatabaseConfig(
+        "sqlite",
+        async_url=parsed.set(drivername="sqlite+aiosqlite", database=str(path)),
+        sync_url=parsed.set(drivername="sqlite+pysqlite", database=str(path)),
+        sqlite_path=path,
+    )
+
+
+def ensure_sqlite_folder(config: DatabaseConfig) -> None:
+    """Create the SQLite file's folder if missing."""
+    if config.sqlite_path is None:
+        return
+    folder = config.sqlite_path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot create folder {folder} for the database: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class SqliteSettings:
+    """Connection settings for SQLite."""
+
+    durability: Durability = "NORMAL"
+    busy_timeout_ms: int = 30_000
+
+
+def install_sqlite_setup(engine: Engine, settings: SqliteSettings, *, begin: str) -> None:
+    """Pragmas on connect, and our own ``BEGIN`` statement (``begin`` is e.g. "BEGIN
+    IMMEDIATE") instead of the driver's implicit transactions."""
+    wal = "memory" not in str(engine.url.database)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(settings.busy_timeout_ms)}")
+            if wal:
+                cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute(f"PRAGMA synchronous = {settings.durability}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql(begin)
+
+
+def create_sqlite_engine(
+    config: DatabaseConfig, settings: SqliteSettings, *, begin: str, pool_size: int
+) -> Engine:
+    """A sync engine on the stdlib driver, for the store's writer or reader threads."""
+    assert config.sync_url is not None
+    options: dict[str, Any] = {
+        "connect_args": {"check_same_thread": False},
+        "json_serializer": json_serializer,
+    }
+    if config.is_memory:
+        options["poolclass"] = StaticPool
+    else:
+        options.update(pool_size=pool_size, max_overflow=0)
+    engine = create_engine(config.sync_url, **options)
+    install_sqlite_setup(engine, settings, begin=begin)
+    return engine
+
+
+def create_user_engine(
+    config: DatabaseConfig, settings: SqliteSettings, engine_options: dict[str, Any]
+) -> AsyncEngine:
+    """The user-facing AsyncEngine (``store.engine``), also used by Alembic's env.py."""
+    options: dict[str, Any] = {"json_serializer": json_serializer}
+    if config.dialect == "postgresql":
+        options.update(pool_pre_ping=True, isolation_level="READ COMMITTED")
+    elif config.is_memory:
+        options["poolclass"] = StaticPool
+    else:
+        options["poolclass"] = NullPool
+    options.update(engine_options)
+    try:
+        engine = create_async_engine(config.async_url, **options)
+    except (ArgumentError, TypeError) as exc:
+        raise ConfigurationError(f"invalid engine options: {exc}") from exc
+    if config.dialect == "sqlite":
+        install_sqlite_setup(engine.sync_engine, settings, begin="BEGIN IMMEDIATE")
+    return engine

@@ -1,0 +1,222 @@
+"""Declarative ORM models: the one source of truth for the schema.
+
+Alembic revisions are written against these models, and a test proves that a database
+upgraded to head matches them exactly. ORM rows never leave a repository.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from statestore.db.types import UTCDateTime, json_type
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ID_LENGTH = 255
+TENANT_ID_LENGTH = 64
+STATUS_LENGTH = 32
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a naming convention (batch mode on SQLite needs named
+    constraints to drop them)."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _tenant_fk(*, primary_key: bool = False) -> Mapped[str]:
+    return mapped_column(
+        String(TENANT_ID_LENGTH),
+        ForeignKey("tenants.id", ondelete="RESTRICT"),
+        nullable=False,
+        primary_key=primary_key,
+    )
+
+
+class TenantOwned:
+    """Mixin of every table whose rows belong to one tenant; the tenant filter targets it."""
+
+    tenant_id: Mapped[str] = _tenant_fk()
+
+
+class TenantRow(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(TENANT_ID_LENGTH), primary_key=True)
+    name: Mapped[str] = mapped_column(String(ID_LENGTH))
+    status: Mapped[str] = mapped_column(String(STATUS_LENGTH))
+    policy: Mapped[Any] = mapped_column(json_type(nullable=True), nullable=True)
+    limits: Mapped[Any] = mapped_column(json_type(nullable=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class WorkflowDefinitionRow(TenantOwned, Base):
+    __tablename__ = "workflow_definitions"
+
+    # The key is (tenant, workflow_id, version): the tenant leads it, so every lookup and
+    # listing within one tenant is an index range.
+    tenant_id: Mapped[str] = _tenant_fk(primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    version: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    ir: Mapped[Any] = mapped_column(json_type())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ExecutionRow(TenantOwned, Base):
+    __tablename__ = "workflow_executions"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid(), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    workflow_version: Mapped[str] = mapped_column(String(ID_LENGTH))
+    status: Mapped[str] = mapped_column(String(STATUS_LENGTH))
+    initial_input: Mapped[Any] = mapped_column(json_type())
+    current_state: Mapped[Any] = mapped_column(json_type())
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The latest event sequence: appends bump it in the same transaction as the insert,
+    # which serialises appends per execution and keeps sequences gapless.
+    last_sequence: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+    __table_args__ = (
+        Index(None, "tenant_id", "updated_at", "id"),
+        Index(None, "tenant_id", "status", "updated_at"),
+        Index(None, "tenant_id", "workflow_id", "updated_at"),
+    )
+
+
+class EventRow(TenantOwned, Base):
+    __tablename__ = "events"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid(), primary_key=True)
+    execution_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid(), ForeignKey("workflow_executions.id", ondelete="CASCADE")
+    )
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    event_type: Mapped[str] = mapped_column(String(ID_LENGTH))
+    kind: Mapped[Any] = mapped_column(json_type())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (UniqueConstraint("execution_id", "sequence"),)
+
+
+class SnapshotRow(TenantOwned, Base):
+    __tablename__ = "snapshots"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid(), primary_key=True)
+    execution_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid(), ForeignKey("workflow_executions.id", ondelete="CASCADE")
+    )
+    at_sequence: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[Any] = mapped_column(json_type())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (UniqueConstraint("execution_id", "at_sequence"),)
+
+
+PENDING_ONLY = text("status = 'pending'")
+CLAIMED_ONLY = text("status = 'claimed'")
+DEAD_LETTERED_ONLY = text("status = 'dead_lettered'")
+
+
+class WorkItemRow(TenantOwned, Base):
+    """A work item. Dead letters are items with status ``dead_lettered`` (design decision 7)."""
+
+    __tablename__ = "work_items"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid(), primary_key=True)
+    execution_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid(), ForeignKey("workflow_executions.id", ondelete="CASCADE")
+    )
+    node_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    queue_type: Mapped[str] = mapped_column(String(ID_LENGTH))
+    payload: Mapped[Any] = mapped_column(json_type())
+    status: Mapped[str] = mapped_column(String(STATUS_LENGTH))
+    priority: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    available_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    worker_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    lease_fence: Mapped[int] = mapped_column(BigInteger)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    dead_lettered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (
+        # The claim: pending items of some queue types, highest priority first, then oldest.
+        # Partial, so finished items never slow it down; matches the claim's ORDER BY.
+        Index(
+            "ix_work_items_claim",
+            "queue_type",
+            text("priority DESC"),
+            "created_at",
+            sqlite_where=PENDING_ONLY,
+            postgresql_where=PENDING_ONLY,
+        ),
+        # Reclaim: claimed items by lease expiry.
+        Index(
+            "ix_work_items_lease",
+            "lease_expires_at",
+            sqlite_where=CLAIMED_ONLY,
+            postgresql_where=CLAIMED_ONLY,
+        ),
+        Index(
+            "ix_work_items_dead_letters",
+            "tenant_id",
+            "dead_lettered_at",
+            sqlite_where=DEAD_LETTERED_ONLY,
+            postgresql_where=DEAD_LETTERED_ONLY,
+        ),
+        Index(None, "tenant_id", "execution_id", "created_at"),
+        Index(None, "tenant_id", "queue_type", "status"),
+    )
+
+
+class ApiTokenRow(TenantOwned, Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid(), primary_key=True)
+    name: Mapped[str] = mapped_column(String(ID_LENGTH))
+    role: Mapped[str] = mapped_column(String(STATUS_LENGTH))
+    secret_hash: Mapped[str] = mapped_column(String(ID_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (Index(None, "tenant_id", "created_at"),)
+
+
+TENANT_OWNED_MODELS: tuple[type[Base], ...] = (
+    WorkflowDefinitionRow,
+    ExecutionRow,
+    EventRow,
+    SnapshotRow,
+    WorkItemRow,
+    ApiTokenRow,
+)

@@ -1,0 +1,203 @@
+"""The domain models users see: pydantic v2 models and enums. No SQLAlchemy here."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+
+from statestore.event_kinds import EventKind
+
+
+def utc_now() -> datetime:
+    """The current time as an aware UTC datetime (the default clock)."""
+    return datetime.now(UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda value: value.astimezone(UTC))]
+"""An aware datetime, normalised to UTC. Naive datetimes are refused."""
+
+
+class _Model(BaseModel):
+    # Models are mutable; the store re-validates what it is given ("always").
+    model_config = ConfigDict(extra="forbid", revalidate_instances="always")
+
+
+class WorkflowStatus(StrEnum):
+    """Status of a workflow execution."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LIMIT_EXCEEDED = "limit_exceeded"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Completed, failed, cancelled or limit_exceeded: no way out."""
+        return self in _TERMINAL
+
+    @property
+    def is_active(self) -> bool:
+        """Every non-terminal status (pending, running, paused)."""
+        return self not in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {
+        WorkflowStatus.COMPLETED,
+        WorkflowStatus.FAILED,
+        WorkflowStatus.CANCELLED,
+        WorkflowStatus.LIMIT_EXCEEDED,
+    }
+)
+ACTIVE_STATUSES = tuple(s for s in WorkflowStatus if s.is_active)
+
+
+class WorkItemStatus(StrEnum):
+    """Status of a work item in the queue."""
+
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DEAD_LETTERED = "dead_lettered"
+
+
+class TokenRole(StrEnum):
+    """Role carried by an API token."""
+
+    OPERATOR = "operator"
+    DEVELOPER = "developer"
+    REVIEWER = "reviewer"
+    VIEWER = "viewer"
+
+
+class TenantStatus(StrEnum):
+    """Lifecycle status of a tenant."""
+
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    ARCHIVED = "archived"
+
+
+class WorkflowDefinition(_Model):
+    """A published version of a workflow: its intermediate representation as JSON."""
+
+    workflow_id: str
+    version: str
+    ir: JsonValue
+    created_at: UtcDatetime = Field(default_factory=utc_now)
+    tenant_id: str = "default"
+
+
+class WorkflowExecution(_Model):
+    """One run of a workflow version."""
+
+    execution_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    workflow_id: str
+    workflow_version: str
+    status: WorkflowStatus = WorkflowStatus.PENDING
+    initial_input: JsonValue = Field(default_factory=dict)
+    current_state: JsonValue = Field(default_factory=dict)
+    started_at: UtcDatetime = Field(default_factory=utc_now)
+    updated_at: UtcDatetime = Field(default_factory=utc_now)
+    completed_at: UtcDatetime | None = None
+    tenant_id: str = "default"
+
+
+class Event(_Model):
+    """One entry of an execution's append-only event log."""
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    execution_id: uuid.UUID
+    sequence: int = 0
+    kind: EventKind
+    created_at: UtcDatetime = Field(default_factory=utc_now)
+    tenant_id: str = "default"
+
+
+class Snapshot(_Model):
+    """Materialised state of an execution covering events ``1..at_sequence``."""
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    execution_id: uuid.UUID
+    at_sequence: int
+    state: JsonValue
+    created_at: UtcDatetime = Field(default_factory=utc_now)
+    tenant_id: str = "default"
+
+
+class WorkItem(_Model):
+    """A unit of work in the queue, claimed by workers under a lease."""
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    execution_id: uuid.UUID
+    node_id: str
+    queue_type: str
+    payload: JsonValue = Field(default_factory=dict)
+    attempt: int = 0
+    max_attempts: int = 3
+    priority: int = 0
+    status: WorkItemStatus = WorkItemStatus.PENDING
+    available_at: UtcDatetime | None = None
+    lease_expires_at: UtcDatetime | None = None
+    worker_id: str | None = None
+    lease_fence: int = 0
+    last_error: str | None = None
+    created_at: UtcDatetime = Field(default_factory=utc_now)
+    tenant_id: str = "default"
+
+
+class ReclaimResult(_Model):
+    """What ``reclaim_expired_leases`` did: items retried, and items dead-lettered."""
+
+    retryable: list[WorkItem] = Field(default_factory=list)
+    exhausted: list[WorkItem] = Field(default_factory=list)
+
+
+class DeadLetter(_Model):
+    """A work item in the dead-letter queue."""
+
+    item: WorkItem
+    last_error: str
+    dead_lettered_at: UtcDatetime
+
+
+class ApiToken(_Model):
+    """An API token's public record. Never holds the secret or its hash."""
+
+    id: uuid.UUID
+    name: str
+    role: TokenRole
+    created_at: UtcDatetime
+    expires_at: UtcDatetime | None
+    last_used_at: UtcDatetime | None
+    revoked_at: UtcDatetime | None
+    tenant_id: str
+
+
+class TenantLimits(_Model):
+    """Limits of a tenant. The monthly budgets are stored and returned, not enforced."""
+
+    max_concurrent_executions: int | None = None
+    max_workflows: int | None = None
+    max_tokens_per_month: int | None = None
+    max_cost_per_month_usd: float | None = None
+
+
+class Tenant(_Model):
+    """A tenant: the unit of isolation."""
+
+    id: str
+    name: str
+    status: TenantStatus = TenantStatus.ACTIVE
+    policy: JsonValue | None = None
+    limits: TenantLimits | None = None
+    created_at: UtcDatetime = Field(default_factory=utc_now)
+    updated_at: UtcDatetime = Field(default_factory=utc_now)

@@ -1,0 +1,65 @@
+"""What every repository shares: the operation context (scope, clock, settings)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from pydantic import BaseModel
+
+from statestore.db.tenancy import Scope
+from statestore.errors import ConfigurationError, TenantError
+from statestore.validation import check_tenant_id
+
+
+@dataclass(frozen=True)
+class StoreContext:
+    """The scope, clock and limits an operation runs with. Immutable; one per store view."""
+
+    scope: Scope
+    clock: Callable[[], datetime]
+    max_json_bytes: int
+    lease_duration: timedelta
+
+    def now(self) -> datetime:
+        """The store clock's current time, as aware UTC."""
+        value = self.clock()
+        if not isinstance(value, datetime) or value.utcoffset() is None:
+            raise ConfigurationError("the store's clock must return timezone-aware datetimes")
+        return value.astimezone(UTC)
+
+    def tenant_for(self, model: BaseModel) -> str:
+        """The tenant a model is written under: the scope's on a scoped store (a model whose
+        ``tenant_id`` was explicitly set to another tenant is refused), else the model's."""
+        requested = check_tenant_id(getattr(model, "tenant_id", "default"))
+        scoped = self.scope.tenant_id
+        if scoped is None:
+            return requested
+        if "tenant_id" in model.model_fields_set and requested != scoped:
+            raise TenantError(
+                f"this store is scoped to tenant {scoped!r}; cannot write for {requested!r}"
+            )
+        return scoped
+
+    def check_child_tenant(self, model: BaseModel, execution_tenant: str) -> str:
+        """Events, snapshots and work items belong to their execution's tenant. On a scoped
+        store, a model explicitly naming another tenant is refused."""
+        if self.scope.tenant_id is not None:
+            self.tenant_for(model)
+        return execution_tenant
+
+    def stamp(self, model: BaseModel, field: str) -> datetime:
+        """A timestamp field: the caller's value if they set it, else the store clock's now."""
+        if field in model.model_fields_set:
+            value = getattr(model, field)
+            assert isinstance(value, datetime)
+            return value
+        return self.now()
+
+
+class Repository:
+    """Base of the per-aggregate repositories: sync operations over a Session."""
+
+    def __init__(self, context: StoreContext) -> None:
+        self.context = context

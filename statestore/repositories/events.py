@@ -1,0 +1,161 @@
+"""The append-only event log of each execution, with gapless store-assigned sequences."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Row, insert, select, update
+from sqlalchemy.orm import Session
+
+from statestore.db.schema import EventRow, ExecutionRow
+from statestore.errors import NotFoundError, SequenceConflictError, ValidationError
+from statestore.event_kinds import BaseEventKind, load_stored_kind, parse_event_kind
+from statestore.models import Event
+from statestore.repositories.base import Repository
+from statestore.validation import (
+    check_int,
+    check_json,
+    check_optional_int,
+    check_uuid,
+    coerce_model,
+)
+
+MAX_BATCH = 10_000
+_EVENT_COLUMNS = (
+    EventRow.id,
+    EventRow.execution_id,
+    EventRow.sequence,
+    EventRow.kind,
+    EventRow.created_at,
+    EventRow.tenant_id,
+)
+
+
+def event_from_row(row: Row[Any]) -> Event:
+    return Event(
+        id=row.id,
+        execution_id=row.execution_id,
+        sequence=row.sequence,
+        kind=load_stored_kind(row.kind),
+        created_at=row.created_at,
+        tenant_id=row.tenant_id,
+    )
+
+
+class EventRepository(Repository):
+    """Appends and reads of execution event logs."""
+
+    def append(self, session: Session, event: Event, expected_sequence: int | None) -> int:
+        event = coerce_model("event", Event, event)
+        kind = self._kind_json(event.kind)
+        expected = check_optional_int("expected_sequence", expected_sequence, minimum=0)
+        first, tenant_id = self._reserve(session, event.execution_id, 1, expected)
+        self.context.check_child_tenant(event, tenant_id)
+        session.execute(
+            insert(EventRow).values(
+                id=event.id,
+                tenant_id=tenant_id,
+                execution_id=event.execution_id,
+                sequence=first,
+                event_type=kind["type"],
+                kind=kind,
+                created_at=self.context.stamp(event, "created_at"),
+            )
+        )
+        return first
+
+    def append_many(
+        self,
+        session: Session,
+        execution_id: uuid.UUID | str,
+        kinds: Sequence[BaseEventKind | dict[str, Any]],
+        expected_sequence: int | None,
+    ) -> list[int]:
+        execution_id = check_uuid("execution_id", execution_id)
+        if isinstance(kinds, str | bytes | dict) or not isinstance(kinds, Sequence):
+            raise ValidationError("kinds must be a sequence of event kinds")
+        if len(kinds) > MAX_BATCH:
+            raise ValidationError(f"at most {MAX_BATCH} events per append_events call")
+        payloads = [self._kind_json(parse_event_kind(kind)) for kind in kinds]
+        expected = check_optional_int("expected_sequence", expected_sequence, minimum=0)
+        first, tenant_id = self._reserve(session, execution_id, len(payloads), expected)
+        if not payloads:
+            return []
+        now = self.context.now()
+        sequences = list(range(first, first + len(payloads)))
+        session.execute(
+            insert(EventRow),
+            [
+                {
+                    "id": uuid.uuid4(),
+                    "tenant_id": tenant_id,
+                    "execution_id": execution_id,
+                    "sequence": sequence,
+                    "event_type": payload["type"],
+                    "kind": payload,
+                    "created_at": now,
+                }
+                for sequence, payload in zip(sequences, payloads, strict=True)
+            ],
+        )
+        return sequences
+
+    def _kind_json(self, kind: BaseEventKind) -> dict[str, Any]:
+        payload = kind.to_json_dict()
+        check_json("event kind", payload, self.context.max_json_bytes)
+        return payload
+
+    def _reserve(
+        self, session: Session, execution_id: uuid.UUID, count: int, expected: int | None
+    ) -> tuple[int, str]:
+        """Bump the execution's ``last_sequence`` by ``count``; returns the first reserved
+        sequence and the execution's tenant. The row update serialises appenders of one
+        execution on both databases, so sequences are gapless without a retry loop; a
+        failed append rolls the bump back with its transaction."""
+        row = session.execute(
+            update(ExecutionRow)
+            .where(ExecutionRow.id == execution_id)
+            .values(last_sequence=ExecutionRow.last_sequence + count)
+            .returning(ExecutionRow.last_sequence, ExecutionRow.tenant_id)
+            .execution_options(synchronize_session=False)
+        ).one_or_none()
+        if row is None:
+            raise NotFoundError(f"execution {execution_id} not found")
+        latest = row.last_sequence - count
+        if expected is not None and latest != expected:
+            raise SequenceConflictError(
+                f"execution {execution_id} is at sequence {latest}, expected {expected}"
+            )
+        return latest + 1, row.tenant_id
+
+    def get(self, session: Session, execution_id: uuid.UUID | str) -> list[Event]:
+        return self.since(session, execution_id, 0, None)
+
+    def since(
+        self,
+        session: Session,
+        execution_id: uuid.UUID | str,
+        since: int,
+        limit: int | None,
+    ) -> list[Event]:
+        statement = (
+            select(*_EVENT_COLUMNS)
+            .where(
+                EventRow.execution_id == check_uuid("execution_id", execution_id),
+                EventRow.sequence > check_int("since", since, minimum=0),
+            )
+            .order_by(EventRow.sequence)
+        )
+        if limit is not None:
+            statement = statement.limit(check_int("limit", limit, minimum=1))
+        return [event_from_row(row) for row in session.execute(statement)]
+
+    def latest_sequence(self, session: Session, execution_id: uuid.UUID | str) -> int:
+        latest = session.scalar(
+            select(ExecutionRow.last_sequence).where(
+                ExecutionRow.id == check_uuid("execution_id", execution_id)
+            )
+        )
+        return latest or 0

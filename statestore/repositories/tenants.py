@@ -1,0 +1,97 @@
+"""Tenants: the operator's CRUD, and the checks other repositories make before new work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from statestore.db.schema import TenantRow
+from statestore.errors import ConflictError, NotFoundError, TenantError, TenantSuspendedError
+from statestore.models import Tenant, TenantLimits, TenantStatus
+from statestore.repositories.base import Repository
+from statestore.validation import check_identifier, check_json, check_tenant_id, coerce_model
+
+
+def tenant_from_row(row: TenantRow) -> Tenant:
+    return Tenant(
+        id=row.id,
+        name=row.name,
+        status=TenantStatus(row.status),
+        policy=row.policy,
+        limits=None if row.limits is None else TenantLimits.model_validate(row.limits),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def require_active_tenant(session: Session, tenant_id: str, *, lock: bool = False) -> TenantRow:
+    """The tenant's row, if it exists and is active; ``lock`` holds it until commit
+    (serialising limit checks on PostgreSQL; SQLite already holds the write lock)."""
+    statement = select(TenantRow).where(TenantRow.id == tenant_id)
+    if lock:
+        statement = statement.with_for_update()
+    row = session.scalars(statement).one_or_none()
+    if row is None:
+        raise TenantError(f"tenant {tenant_id!r} does not exist")
+    if row.status != TenantStatus.ACTIVE:
+        raise TenantSuspendedError(f"tenant {tenant_id!r} is {row.status}; new work is refused")
+    return row
+
+
+def tenant_limits(row: TenantRow) -> TenantLimits:
+    return TenantLimits() if row.limits is None else TenantLimits.model_validate(row.limits)
+
+
+class TenantRepository(Repository):
+    """Tenant management. An operator action: refused on a scoped store, except reading
+    its own tenant."""
+
+    def create(self, session: Session, tenant: Tenant) -> None:
+        self._require_operator("create_tenant")
+        values = self._validated(tenant)
+        now = self.context.now()
+        if session.get(TenantRow, values["id"]) is not None:
+            raise ConflictError(f"tenant {values['id']!r} already exists")
+        session.add(TenantRow(**values, created_at=now, updated_at=now))
+
+    def get(self, session: Session, tenant_id: str) -> Tenant | None:
+        tenant_id = check_tenant_id(tenant_id)
+        scoped = self.context.scope.tenant_id
+        if scoped is not None and tenant_id != scoped:
+            raise TenantError(f"a store scoped to {scoped!r} cannot read tenant {tenant_id!r}")
+        row = session.get(TenantRow, tenant_id)
+        return None if row is None else tenant_from_row(row)
+
+    def list(self, session: Session) -> list[Tenant]:
+        self._require_operator("list_tenants")
+        rows = session.scalars(select(TenantRow).order_by(TenantRow.id))
+        return [tenant_from_row(row) for row in rows]
+
+    def update(self, session: Session, tenant: Tenant) -> None:
+        self._require_operator("update_tenant")
+        values = self._validated(tenant)
+        row = session.get(TenantRow, values["id"], with_for_update=True)
+        if row is None:
+            raise NotFoundError(f"tenant {values['id']!r} does not exist")
+        for key, value in values.items():
+            setattr(row, key, value)
+        row.updated_at = self.context.now()
+
+    def _validated(self, tenant: Tenant) -> dict[str, Any]:
+        tenant = coerce_model("tenant", Tenant, tenant)
+        max_bytes = self.context.max_json_bytes
+        return {
+            "id": check_tenant_id(tenant.id),
+            "name": check_identifier("tenant name", tenant.name),
+            "status": tenant.status.value,
+            "policy": None
+            if tenant.policy is None
+            else check_json("policy", tenant.policy, max_bytes),
+            "limits": None if tenant.limits is None else tenant.limits.model_dump(),
+        }
+
+    def _require_operator(self, method: str) -> None:
+        if self.context.scope.tenant_id is not None:
+            raise TenantError(f"{method} is an operator action; not allowed on a scoped store")

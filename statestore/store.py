@@ -1,0 +1,398 @@
+"""The :class:`StateStore` facade: opening, migrating, scoping, and the flat methods.
+
+The facade holds no logic. Each flat method hands one repository operation to the store's
+runner (one call = one operation = one transaction) and awaits it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, ClassVar, Self, TypeVar
+
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import Session
+
+from statestore.db import migrations
+from statestore.db.engine import (
+    DatabaseConfig,
+    Durability,
+    SqliteSettings,
+    create_sqlite_engine,
+    create_user_engine,
+    ensure_sqlite_folder,
+    parse_database_url,
+)
+from statestore.db.runner import PostgresRunner, Runner, SqliteRunner
+from statestore.db.tenancy import ALL_TENANTS, Scope
+from statestore.errors import ConfigurationError, DatabaseError, MigrationError, TenantError
+from statestore.event_kinds import BaseEventKind
+from statestore.models import (
+    Event,
+    Snapshot,
+    Tenant,
+    WorkflowDefinition,
+    WorkflowExecution,
+    WorkflowStatus,
+    utc_now,
+)
+from statestore.repositories.base import StoreContext
+from statestore.repositories.events import EventRepository
+from statestore.repositories.executions import ExecutionRepository
+from statestore.repositories.snapshots import SnapshotRepository
+from statestore.repositories.tenants import TenantRepository
+from statestore.repositories.workflows import WorkflowRepository
+from statestore.validation import DEFAULT_MAX_JSON_BYTES, check_int, check_tenant_id
+
+T = TypeVar("T")
+JsonValue = Any
+
+
+class _Shared:
+    """What a store and all its tenant-scoped views share: one engine, one runner."""
+
+    def __init__(
+        self,
+        config: DatabaseConfig,
+        engine: AsyncEngine,
+        runner: Runner,
+        clock: Callable[[], datetime],
+        lease_duration: timedelta,
+        max_json_bytes: int,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.runner = runner
+        self.clock = clock
+        self.lease_duration = lease_duration
+        self.max_json_bytes = max_json_bytes
+        self.schema_checked = False
+        self.closed = False
+
+
+class StateStore:
+    """The durable state store of a workflow engine.
+
+    Open one with :meth:`open` (connect and migrate) or :meth:`connect`; use it as an async
+    context manager or call :meth:`close`. :meth:`for_tenant` gives a view confined to one
+    tenant.
+    """
+
+    _only_dialect: ClassVar[str | None] = None
+
+    def __init__(self, shared: _Shared, scope: Scope) -> None:
+        """Internal: use :meth:`connect` or :meth:`open`."""
+        self._shared = shared
+        self._scope = scope
+        context = StoreContext(
+            scope=scope,
+            clock=shared.clock,
+            max_json_bytes=shared.max_json_bytes,
+            lease_duration=shared.lease_duration,
+        )
+        self.workflows = WorkflowRepository(context)
+        self.executions = ExecutionRepository(context)
+        self.events = EventRepository(context)
+        self.snapshots = SnapshotRepository(context)
+        self.tenants = TenantRepository(context)
+
+    # ------------------------------------------------------------------ opening and closing
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str | None = None,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        lease_duration: timedelta = timedelta(seconds=30),
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+        durability: Durability = "NORMAL",
+        busy_timeout: float = 30.0,
+        readers: int = 2,
+        **engine_options: Any,
+    ) -> Self:
+        """Connect to a database without migrating it.
+
+        ``url``: ``sqlite:///path``, ``sqlite:///:memory:``, ``postgresql://…`` (or
+        ``postgres://…``, or an explicit async SQLAlchemy URL); ``None`` reads
+        ``$STATESTORE_DATABASE_URL``, else ``sqlite:///./statestore.db``. ``clock`` gives
+        every timestamp the store sets (default: system UTC time). SQLite only:
+        ``durability`` ("NORMAL" or "FULL" for ``synchronous``), ``busy_timeout`` seconds,
+        ``readers`` reader threads. Other keyword arguments go to SQLAlchemy's
+        ``create_async_engine``.
+        """
+        config = parse_database_url(url)
+        if cls._only_dialect is not None and config.dialect != cls._only_dialect:
+            raise ConfigurationError(
+                f"{cls.__name__} accepts only {cls._only_dialect} URLs, got {config.dialect}"
+            )
+        if not isinstance(lease_duration, timedelta) or lease_duration <= timedelta(0):
+            raise ConfigurationError("lease_duration must be a positive timedelta")
+        if durability not in ("NORMAL", "FULL"):
+            raise ConfigurationError('durability must be "NORMAL" or "FULL"')
+        try:
+            check_int("max_json_bytes", max_json_bytes, minimum=1)
+            check_int("readers", readers, minimum=1, maximum=64)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        if clock is not None and not callable(clock):
+            raise ConfigurationError("clock must be a callable returning an aware datetime")
+        settings = SqliteSettings(durability=durability, busy_timeout_ms=int(busy_timeout * 1000))
+
+        ensure_sqlite_folder(config)
+        engine = create_user_engine(config, settings, engine_options)
+        runner: Runner
+        if config.dialect == "sqlite":
+            writer = create_sqlite_engine(config, settings, begin="BEGIN IMMEDIATE", pool_size=1)
+            reader = None
+            if not config.is_memory:
+                reader = create_sqlite_engine(config, settings, begin="BEGIN", pool_size=readers)
+            runner = SqliteRunner(writer_engine=writer, reader_engine=reader, readers=readers)
+        else:
+            runner = PostgresRunner(engine)
+        shared = _Shared(config, engine, runner, clock or utc_now, lease_duration, max_json_bytes)
+        return cls(shared, ALL_TENANTS)
+
+    @classmethod
+    async def open(cls, url: str | None = None, **options: Any) -> Self:
+        """:meth:`connect`, then :meth:`migrate`: a store that is ready to use."""
+        store = await cls.connect(url, **options)
+        try:
+            await store.migrate()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def migrate(self) -> None:
+        """Upgrade the database to this package's head revision (Alembic). Idempotent and
+        safe to call from several processes at once."""
+        self._check_open()
+        try:
+            await self._shared.runner.with_connection(migrations.upgrade)
+        except MigrationError:
+            raise
+        except DatabaseError as exc:
+            raise MigrationError(f"migration failed: {exc}") from exc
+        self._shared.schema_checked = True
+
+    async def close(self) -> None:
+        """Stop the store's threads and dispose of the engine. Idempotent; closes every
+        view sharing this store."""
+        shared = self._shared
+        if shared.closed:
+            return
+        shared.closed = True
+        await shared.runner.close()
+        await shared.engine.dispose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy ``AsyncEngine`` (aiosqlite / asyncpg), for your own queries."""
+        return self._shared.engine
+
+    @property
+    def url(self) -> str:
+        """The database URL (password hidden)."""
+        return self._shared.config.redacted()
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._shared.config.dialect
+
+    @property
+    def tenant_id(self) -> str | None:
+        """The tenant this view is confined to; ``None`` on the unscoped store."""
+        return self._scope.tenant_id
+
+    def for_tenant(self, tenant_id: str) -> Self:
+        """A view sharing this store's engine in which every read and write is confined to
+        ``tenant_id``. On a scoped store: itself for the same tenant, ``TenantError`` for
+        another (a scope cannot be escaped)."""
+        tenant_id = check_tenant_id(tenant_id)
+        if self._scope.tenant_id is not None:
+            if self._scope.tenant_id == tenant_id:
+                return self
+            raise TenantError(
+                f"this store is scoped to tenant {self._scope.tenant_id!r}; "
+                f"it cannot be re-scoped to {tenant_id!r}"
+            )
+        return type(self)(self._shared, Scope(tenant_id))
+
+    # ------------------------------------------------------------------ running operations
+
+    def _check_open(self) -> None:
+        if self._shared.closed:
+            raise DatabaseError("the store is closed")
+
+    async def _ensure_schema(self) -> None:
+        if self._shared.schema_checked:
+            return
+
+        def check(connection: Connection) -> None:
+            with connection.begin():
+                migrations.require_head(connection)
+
+        await self._shared.runner.with_connection(check)
+        self._shared.schema_checked = True
+
+    async def _write(self, op: Callable[..., T], *args: Any) -> T:
+        self._check_open()
+        await self._ensure_schema()
+        return await self._shared.runner.write(lambda s: op(s, *args), self._scope)
+
+    async def _read(self, op: Callable[..., T], *args: Any) -> T:
+        self._check_open()
+        await self._ensure_schema()
+        return await self._shared.runner.read(lambda s: op(s, *args), self._scope)
+
+    async def run(self, op: Callable[[Session], T], *, write: bool = True) -> T:
+        """Run your own sync ``op(session)`` as one transaction through the store's runner,
+        with this view's tenant filter (advanced use: compose repository methods)."""
+        return await (self._write(op) if write else self._read(op))
+
+    # ------------------------------------------------------------------ workflows
+
+    async def store_workflow(
+        self, definition: WorkflowDefinition, *, replace: bool = False
+    ) -> None:
+        """Publish a workflow version. Identical again: no-op; a different ``ir`` for the same
+        version: ``ConflictError`` unless ``replace=True``."""
+        await self._write(self.workflows.store, definition, replace)
+
+    async def get_workflow(self, workflow_id: str, version: str) -> WorkflowDefinition | None:
+        """A published version, or ``None``."""
+        return await self._read(self.workflows.get, workflow_id, version)
+
+    async def list_workflows(self, workflow_id: str | None = None) -> list[WorkflowDefinition]:
+        """Published versions, by workflow id then version."""
+        return await self._read(self.workflows.list, workflow_id)
+
+    # ------------------------------------------------------------------ executions
+
+    async def create_execution(self, execution: WorkflowExecution) -> None:
+        """Store a new execution. Duplicate id: ``ConflictError``."""
+        await self._write(self.executions.create, execution)
+
+    async def get_execution(self, execution_id: uuid.UUID | str) -> WorkflowExecution | None:
+        """An execution, or ``None``."""
+        return await self._read(self.executions.get, execution_id)
+
+    async def update_execution_status(
+        self,
+        execution_id: uuid.UUID | str,
+        status: WorkflowStatus | str,
+        *,
+        expected: WorkflowStatus | str | None = None,
+    ) -> None:
+        """Move an execution to ``status`` (compare-and-set with ``expected``). Terminal
+        statuses are final; reaching one settles the execution's open work items."""
+        await self._write(self.executions.update_status, execution_id, status, expected)
+
+    async def update_execution_current_state(
+        self, execution_id: uuid.UUID | str, state: JsonValue
+    ) -> None:
+        """Replace an execution's current state."""
+        await self._write(self.executions.update_current_state, execution_id, state)
+
+    async def patch_append_array(
+        self, execution_id: uuid.UUID | str, key: str, value: JsonValue
+    ) -> None:
+        """Atomically append ``value`` to the list at ``current_state[key]``."""
+        await self._write(self.executions.patch_append_array, execution_id, key, value)
+
+    async def list_executions(
+        self,
+        status: WorkflowStatus | str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        *,
+        workflow_id: str | None = None,
+    ) -> list[WorkflowExecution]:
+        """Executions, newest ``updated_at`` first (ties by id); ``limit`` 1..1000."""
+        return await self._read(self.executions.list, status, limit, offset, workflow_id)
+
+    # ------------------------------------------------------------------ events
+
+    async def append_event(self, event: Event, *, expected_sequence: int | None = None) -> int:
+        """Append an event; returns its store-assigned sequence (1, 2, 3 … gapless)."""
+        return await self._write(self.events.append, event, expected_sequence)
+
+    async def append_events(
+        self,
+        execution_id: uuid.UUID | str,
+        kinds: Sequence[BaseEventKind | dict[str, Any]],
+        *,
+        expected_sequence: int | None = None,
+    ) -> list[int]:
+        """Append several events in one transaction, all or nothing; returns their sequences."""
+        return await self._write(self.events.append_many, execution_id, kinds, expected_sequence)
+
+    async def get_events(self, execution_id: uuid.UUID | str) -> list[Event]:
+        """An execution's events in sequence order (``[]`` if unknown)."""
+        return await self._read(self.events.get, execution_id)
+
+    async def get_events_since(
+        self, execution_id: uuid.UUID | str, since: int, *, limit: int | None = None
+    ) -> list[Event]:
+        """Events with sequence greater than ``since``, ascending, at most ``limit``."""
+        return await self._read(self.events.since, execution_id, since, limit)
+
+    async def latest_sequence(self, execution_id: uuid.UUID | str) -> int:
+        """The latest sequence of an execution (0 if none or unknown)."""
+        return await self._read(self.events.latest_sequence, execution_id)
+
+    # ------------------------------------------------------------------ snapshots
+
+    async def write_snapshot(self, snapshot: Snapshot) -> None:
+        """Store a snapshot; the same (execution, at_sequence) again replaces it."""
+        await self._write(self.snapshots.write, snapshot)
+
+    async def latest_snapshot(self, execution_id: uuid.UUID | str) -> Snapshot | None:
+        """The snapshot with the highest ``at_sequence``, or ``None``."""
+        return await self._read(self.snapshots.latest, execution_id)
+
+    # ------------------------------------------------------------------ tenants
+
+    async def create_tenant(self, tenant: Tenant) -> None:
+        """Create a tenant (operator action). Duplicate: ``ConflictError``."""
+        await self._write(self.tenants.create, tenant)
+
+    async def get_tenant(self, tenant_id: str) -> Tenant | None:
+        """A tenant, or ``None``. A scoped store may read only its own."""
+        return await self._read(self.tenants.get, tenant_id)
+
+    async def list_tenants(self) -> list[Tenant]:
+        """All tenants by id (operator action)."""
+        return await self._read(self.tenants.list)
+
+    async def update_tenant(self, tenant: Tenant) -> None:
+        """Update a tenant's name, status, policy and limits (operator action)."""
+        await self._write(self.tenants.update, tenant)
+
+
+class SqliteBackend(StateStore):
+    """A :class:`StateStore` that accepts only SQLite URLs."""
+
+    _only_dialect = "sqlite"
+
+
+class PostgresBackend(StateStore):
+    """A :class:`StateStore` that accepts only PostgreSQL URLs."""
+
+    _only_dialect = "postgresql"

@@ -1,0 +1,123 @@
+"""Shared fixtures: every behaviour test runs against a real SQLite file and the real
+PostgreSQL (``backend`` is parametrised). PostgreSQL tests skip only when the server is
+unreachable outside CI; with ``CI=true`` they fail instead."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from statestore import StateStore
+
+PG_ADMIN_URL = os.environ.get("STATESTORE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+TABLES = (
+    "events",
+    "snapshots",
+    "work_items",
+    "api_tokens",
+    "workflow_definitions",
+    "workflow_executions",
+    "tenants",
+)
+
+StoreFactory = Callable[..., Awaitable[StateStore]]
+
+
+def _pg_url(database: str) -> str:
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    return f"{base}/{database}"
+
+
+async def _pg_admin(*statements: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_URL.replace("postgresql://", "postgres://"), timeout=5)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run, migrated to head."""
+    name = f"statestore_test_{os.getpid()}"
+    try:
+        asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"))
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is required in CI but unreachable: {exc}")
+        pytest.skip(f"PostgreSQL unreachable: {exc}")
+    url = _pg_url(name)
+
+    async def migrate() -> None:
+        store = await StateStore.open(url)
+        await store.close()
+
+    asyncio.run(migrate())
+    yield url
+    asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+async def reset_pg(url: str) -> None:
+    """Empty every table and restore the ``default`` tenant, as after migration."""
+    conn = await asyncpg.connect(url.replace("postgresql://", "postgres://"))
+    try:
+        await conn.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
+        await conn.execute(
+            "INSERT INTO tenants (id, name, status, created_at, updated_at) "
+            "VALUES ('default', 'Default', 'active', now(), now())"
+        )
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def pg_url(backend: str, request: pytest.FixtureRequest) -> str | None:
+    """The session's PostgreSQL database, requested only by PostgreSQL-backed tests."""
+    return str(request.getfixturevalue("pg_database")) if backend == "postgresql" else None
+
+
+@pytest.fixture
+async def database_url(backend: str, tmp_path: Path, pg_url: str | None) -> str:
+    """URL of an empty database at head revision, fresh for this test."""
+    if pg_url is None:
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+        store = await StateStore.open(url)
+        await store.close()
+        return url
+    await reset_pg(pg_url)
+    return pg_url
+
+
+@pytest.fixture
+async def make_store(database_url: str) -> AsyncIterator[StoreFactory]:
+    """Open more stores (e.g. with a clock) on this test's database; all closed at the end."""
+    stores: list[StateStore] = []
+
+    async def factory(**options: Any) -> StateStore:
+        store = await StateStore.connect(database_url, **options)
+        stores.append(store)
+        return store
+
+    yield factory
+    for store in stores:
+        await store.close()
+
+
+@pytest.fixture
+async def store(make_store: StoreFactory) -> StateStore:
+    """The unscoped store on this test's fresh database."""
+    return await make_store()
