@@ -15,7 +15,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from statestore.db.engine import SqliteSettings, create_user_engine, parse_database_url
-from statestore.db.migrations import take_migration_lock
+from statestore.db.migrations import include_object_for, take_migration_lock
 from statestore.db.schema import Base
 
 config = context.config
@@ -32,6 +32,7 @@ def run_migrations(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=include_object_for(connection.dialect.name),
     )
     context.run_migrations()
     if transaction is not None:

@@ -28,7 +28,7 @@ from statestore.db.engine import (
 )
 from statestore.db.runner import PostgresRunner, Runner, SqliteRunner
 from statestore.db.tenancy import ALL_TENANTS, Scope
-from statestore.errors import ConfigurationError, DatabaseError, MigrationError, TenantError
+from statestore.errors import ConfigurationError, DatabaseError, TenantError
 from statestore.event_kinds import BaseEventKind
 from statestore.models import (
     Event,
@@ -171,12 +171,7 @@ class StateStore:
         """Upgrade the database to this package's head revision (Alembic). Idempotent and
         safe to call from several processes at once."""
         self._check_open()
-        try:
-            await self._shared.runner.with_connection(migrations.upgrade)
-        except MigrationError:
-            raise
-        except DatabaseError as exc:
-            raise MigrationError(f"migration failed: {exc}") from exc
+        await self._shared.runner.with_connection(migrations.upgrade)
         self._shared.schema_checked = True
 
     async def close(self) -> None:

@@ -42,6 +42,7 @@ _SQLITE_DRIVERS = {"sqlite", "sqlite+aiosqlite", "sqlite+pysqlite"}
 _POSTGRES_DRIVERS = {"postgresql", "postgres", "postgresql+asyncpg"}
 
 Durability = Literal["NORMAL", "FULL"]
+PG_CONNECT_TIMEOUT_S = 10
 
 json_serializer = functools.partial(
     json.dumps, ensure_ascii=False, allow_nan=False, separators=(",", ":")
@@ -187,7 +188,12 @@ def create_user_engine(
     """The user-facing AsyncEngine (``store.engine``), also used by Alembic's env.py."""
     options: dict[str, Any] = {"json_serializer": json_serializer}
     if config.dialect == "postgresql":
-        options.update(pool_pre_ping=True, isolation_level="READ COMMITTED")
+        options.update(
+            pool_pre_ping=True,
+            isolation_level="READ COMMITTED",
+            # Fail fast (DatabaseError) instead of asyncpg's 60 s default on a dead host.
+            connect_args={"timeout": PG_CONNECT_TIMEOUT_S},
+        )
     elif config.is_memory:
         options["poolclass"] = StaticPool
     else:

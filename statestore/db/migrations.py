@@ -8,6 +8,7 @@ upgrade`` apply exactly the revisions that ``alembic upgrade head`` applies from
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, text
 
 from statestore.errors import MigrationError
@@ -59,19 +61,46 @@ def current_revision(connection: Connection) -> str | None:
 
 def upgrade(connection: Connection, revision: str = "head") -> None:
     """Upgrade the database on ``connection`` to ``revision``."""
-    command.upgrade(alembic_config(connection), revision)
+    try:
+        command.upgrade(alembic_config(connection), revision)
+    except CommandError as exc:
+        raise MigrationError(f"cannot upgrade to {revision}: {exc}") from exc
 
 
 def downgrade(connection: Connection, revision: str) -> None:
     """Downgrade the database on ``connection`` to ``revision``."""
-    command.downgrade(alembic_config(connection), revision)
+    try:
+        command.downgrade(alembic_config(connection), revision)
+    except CommandError as exc:
+        raise MigrationError(f"cannot downgrade to {revision}: {exc}") from exc
+
+
+# Indexes on expressions (``priority DESC``) that SQLite's reflection cannot compare; their
+# exact definition is checked by a test that reads sqlite_master / pg_indexes instead.
+EXPRESSION_INDEXES = frozenset({"ix_work_items_claim"})
+IncludeObject = Callable[[Any, str | None, str, bool, Any], bool]
+
+
+def include_object_for(dialect_name: str) -> IncludeObject:
+    """Autogenerate filter: on SQLite, leave expression indexes out of the comparison."""
+
+    def include_object(
+        obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+    ) -> bool:
+        return not (dialect_name == "sqlite" and type_ == "index" and name in EXPRESSION_INDEXES)
+
+    return include_object
 
 
 def schema_drift(connection: Connection) -> list[Any]:
     """Differences between the database and the ORM metadata (empty: none)."""
     from statestore.db.schema import Base
 
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    options = {
+        "compare_type": True,
+        "include_object": include_object_for(connection.dialect.name),
+    }
+    context = MigrationContext.configure(connection, opts=options)
     return list(compare_metadata(context, Base.metadata))
 
 
