@@ -198,7 +198,10 @@ class SqliteRunner(Runner):
                 if connection is not None and connection.invalidated:
                     connection.close()
                     connection = None
-            job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
+            try:
+                job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
+            except RuntimeError:
+                pass  # the caller's event loop is closed; nobody is waiting any more
         return connection
 
     async def close(self) -> None:
