@@ -6,6 +6,8 @@ runner (one call = one operation = one transaction) and awaits it.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -28,20 +30,31 @@ from statestore.db.engine import (
 )
 from statestore.db.runner import PostgresRunner, Runner, SqliteRunner
 from statestore.db.tenancy import ALL_TENANTS, Scope
-from statestore.errors import ConfigurationError, DatabaseError, TenantError
+from statestore.errors import (
+    ConfigurationError,
+    DatabaseError,
+    StateStoreError,
+    TenantError,
+    ValidationError,
+)
 from statestore.event_kinds import BaseEventKind
 from statestore.models import (
+    DeadLetter,
     Event,
+    ReclaimResult,
     Snapshot,
     Tenant,
     WorkflowDefinition,
     WorkflowExecution,
     WorkflowStatus,
+    WorkItem,
+    WorkItemStatus,
     utc_now,
 )
 from statestore.repositories.base import StoreContext
 from statestore.repositories.events import EventRepository
 from statestore.repositories.executions import ExecutionRepository
+from statestore.repositories.queue import RECLAIM_BATCH, QueueRepository
 from statestore.repositories.snapshots import SnapshotRepository
 from statestore.repositories.tenants import TenantRepository
 from statestore.repositories.workflows import WorkflowRepository
@@ -49,6 +62,7 @@ from statestore.validation import DEFAULT_MAX_JSON_BYTES, check_int, check_tenan
 
 T = TypeVar("T")
 JsonValue = Any
+_log = logging.getLogger("statestore")
 
 
 class _Shared:
@@ -98,6 +112,7 @@ class StateStore:
         self.events = EventRepository(context)
         self.snapshots = SnapshotRepository(context)
         self.tenants = TenantRepository(context)
+        self.queue = QueueRepository(context)
 
     # ------------------------------------------------------------------ opening and closing
 
@@ -361,6 +376,108 @@ class StateStore:
     async def latest_snapshot(self, execution_id: uuid.UUID | str) -> Snapshot | None:
         """The snapshot with the highest ``at_sequence``, or ``None``."""
         return await self._read(self.snapshots.latest, execution_id)
+
+    # ------------------------------------------------------------------ queue
+
+    async def enqueue_work_item(self, item: WorkItem) -> uuid.UUID:
+        """Add a work item (pending; delayed until ``available_at`` if set); returns its id."""
+        return await self._write(self.queue.enqueue, item)
+
+    async def claim_work_item(self, worker_id: str, queue_types: Sequence[str]) -> WorkItem | None:
+        """Atomically lease the next due pending item of these queue types (highest
+        priority, then oldest), or ``None``. Never hands one item to two workers."""
+        items = await self._write(self.queue.claim, worker_id, queue_types, 1)
+        return items[0] if items else None
+
+    async def claim_work_items(
+        self, worker_id: str, queue_types: Sequence[str], limit: int
+    ) -> list[WorkItem]:
+        """Lease up to ``limit`` (1..1000) items in one transaction, in claim order."""
+        return await self._write(self.queue.claim, worker_id, queue_types, limit)
+
+    async def renew_lease(
+        self, item_id: uuid.UUID | str, worker_id: str, *, lease_fence: int | None = None
+    ) -> datetime:
+        """Extend an unexpired lease held by ``worker_id``; returns the new expiry.
+        Otherwise ``LeaseLostError``: stop working on the item."""
+        return await self._write(self.queue.renew, item_id, worker_id, lease_fence)
+
+    async def get_work_item(self, item_id: uuid.UUID | str) -> WorkItem | None:
+        """A work item, or ``None``."""
+        return await self._read(self.queue.get, item_id)
+
+    async def list_work_items(self, execution_id: uuid.UUID | str) -> list[WorkItem]:
+        """An execution's work items, oldest first."""
+        return await self._read(self.queue.list_for_execution, execution_id)
+
+    async def complete_work_item(
+        self,
+        item_id: uuid.UUID | str,
+        *,
+        worker_id: str | None = None,
+        lease_fence: int | None = None,
+    ) -> None:
+        """Mark a claimed item completed (guarded by worker and fence); a repeat is a no-op."""
+        await self._write(self.queue.complete, item_id, worker_id, lease_fence)
+
+    async def complete_work_items(self, items: Sequence[WorkItem]) -> list[bool]:
+        """Complete many claimed items in one transaction, each guarded by its own worker
+        and fence; ``False`` where the lease was lost."""
+        return await self._write(self.queue.complete_many, items)
+
+    async def fail_work_item(
+        self,
+        item_id: uuid.UUID | str,
+        error: str,
+        *,
+        retry_in: timedelta | None = None,
+        worker_id: str | None = None,
+        lease_fence: int | None = None,
+    ) -> WorkItemStatus:
+        """Record a failure and release the lease: ``failed``, or with ``retry_in`` back to
+        ``pending`` (dead-lettered once attempts are used up). Returns the new status."""
+        return await self._write(self.queue.fail, item_id, error, retry_in, worker_id, lease_fence)
+
+    async def reclaim_expired_leases(self) -> ReclaimResult:
+        """Return every expired lease to the queue (with backoff) or to the dead-letter
+        queue once its attempts are used up. Safe to run from many processes at once."""
+        result = ReclaimResult()
+        while True:
+            retryable, exhausted = await self._write(self.queue.reclaim_batch, RECLAIM_BATCH)
+            result.retryable += retryable
+            result.exhausted += exhausted
+            if len(retryable) + len(exhausted) < RECLAIM_BATCH:
+                return result
+
+    async def run_reclaimer(self, every: float | timedelta = 5.0) -> None:
+        """Call :meth:`reclaim_expired_leases` every ``every`` seconds until cancelled.
+        Run it beside your workers: ``asyncio.create_task(store.run_reclaimer())``.
+        A failing round is logged and retried on the next tick."""
+        interval = every.total_seconds() if isinstance(every, timedelta) else float(every)
+        if not interval > 0:
+            raise ValidationError("every must be a positive number of seconds")
+        while True:
+            try:
+                await self.reclaim_expired_leases()
+            except StateStoreError:
+                _log.exception("reclaim_expired_leases failed; retrying in %.1f s", interval)
+            await asyncio.sleep(interval)
+
+    async def move_to_dead_letter(self, item_id: uuid.UUID | str, last_error: str) -> None:
+        """Move an item to the dead-letter queue."""
+        await self._write(self.queue.move_to_dead_letter, item_id, last_error)
+
+    async def list_dead_letters(self, limit: int = 50, offset: int = 0) -> list[DeadLetter]:
+        """Dead-lettered items, newest first."""
+        return await self._read(self.queue.list_dead_letters, limit, offset)
+
+    async def requeue_dead_letter(self, item_id: uuid.UUID | str) -> None:
+        """Put a dead-lettered item back to ``pending`` with its attempts reset."""
+        await self._write(self.queue.requeue_dead_letter, item_id)
+
+    async def queue_stats(self) -> dict[str, dict[WorkItemStatus, int]]:
+        """For every queue type with items, the count of each status (0 included)."""
+        return await self._read(self.queue.stats)
 
     # ------------------------------------------------------------------ tenants
 

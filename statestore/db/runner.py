@@ -18,6 +18,7 @@ Both translate every failure into :mod:`statestore.errors` (see :mod:`statestore
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from abc import ABC, abstractmethod
@@ -198,10 +199,9 @@ class SqliteRunner(Runner):
                 if connection is not None and connection.invalidated:
                     connection.close()
                     connection = None
-            try:
+            # RuntimeError: the caller's event loop is closed; nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
                 job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
-            except RuntimeError:
-                pass  # the caller's event loop is closed; nobody is waiting any more
         return connection
 
     async def close(self) -> None:

@@ -1,0 +1,494 @@
+"""The work-item queue: enqueue, atomic claims under fenced leases, settling, reclaim of
+expired leases with retries and backoff, and the dead-letter queue.
+
+State machine (one expiry path, W-1): ``pending → claimed`` by a claim (``attempt += 1``, a
+new ``lease_fence``); ``claimed → completed | failed | pending | dead_lettered`` only by the
+lease holder (worker and fence checked, W-4/W-7) or by reclaim once the lease has expired.
+A claim never resets an expired lease by itself. ``lease_fence`` only grows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, literal_column, or_, select, update
+from sqlalchemy.orm import Session
+
+from statestore.db.schema import ExecutionRow, WorkItemRow
+from statestore.errors import (
+    InvalidTransitionError,
+    LeaseLostError,
+    NotFoundError,
+    ValidationError,
+)
+from statestore.models import DeadLetter, WorkflowStatus, WorkItem, WorkItemStatus
+from statestore.repositories.base import Repository
+from statestore.repositories.tenants import require_active_tenant
+from statestore.validation import (
+    check_identifier,
+    check_int,
+    check_json,
+    check_optional_identifier,
+    check_optional_int,
+    check_text,
+    check_timedelta,
+    check_uuid,
+    coerce_model,
+)
+
+MAX_CLAIM = 1000
+MAX_PRIORITY = 2**31 - 1
+MAX_ERROR_LENGTH = 64 * 1024
+RECLAIM_BATCH = 500
+LEASE_EXPIRED = "lease expired"
+_NO_SYNC = {"synchronize_session": False}
+
+# Literals, not bound parameters: PostgreSQL then plans the claim on the partial index
+# (a bound status makes a generic plan skip it).
+_PENDING: ColumnElement[str] = literal_column("'pending'")
+_CLAIMED: ColumnElement[str] = literal_column("'claimed'")
+
+
+def backoff(attempt: int) -> timedelta:
+    """Delay before an expired item is offered again: 2 s, 4 s, … capped at 64 s."""
+    return timedelta(seconds=2 ** min(max(attempt, 0), 6))
+
+
+def item_from_row(row: WorkItemRow) -> WorkItem:
+    return WorkItem(
+        id=row.id,
+        execution_id=row.execution_id,
+        node_id=row.node_id,
+        queue_type=row.queue_type,
+        payload=row.payload,
+        attempt=row.attempt,
+        max_attempts=row.max_attempts,
+        priority=row.priority,
+        status=WorkItemStatus(row.status),
+        available_at=row.available_at,
+        lease_expires_at=row.lease_expires_at,
+        worker_id=row.worker_id,
+        lease_fence=row.lease_fence,
+        last_error=row.last_error,
+        created_at=row.created_at,
+        tenant_id=row.tenant_id,
+    )
+
+
+def _claim_order(row: WorkItemRow) -> tuple[int, datetime, str]:
+    return (-row.priority, row.created_at, str(row.id))
+
+
+class QueueRepository(Repository):
+    """Work items and their leases."""
+
+    # ------------------------------------------------------------------ enqueue and read
+
+    def enqueue(self, session: Session, item: WorkItem) -> uuid.UUID:
+        item = coerce_model("item", WorkItem, item)
+        max_bytes = self.context.max_json_bytes
+        now = self.context.now()
+        values: dict[str, Any] = {
+            "id": item.id,
+            "execution_id": item.execution_id,
+            "node_id": check_identifier("node_id", item.node_id),
+            "queue_type": check_identifier("queue_type", item.queue_type),
+            "payload": check_json("payload", item.payload, max_bytes),
+            "status": WorkItemStatus.PENDING.value,
+            "priority": check_int(
+                "priority", item.priority, minimum=-MAX_PRIORITY, maximum=MAX_PRIORITY
+            ),
+            "attempt": check_int("attempt", item.attempt, minimum=0, maximum=MAX_PRIORITY),
+            "max_attempts": check_int(
+                "max_attempts", item.max_attempts, minimum=1, maximum=MAX_PRIORITY
+            ),
+            "available_at": item.available_at or now,
+            "worker_id": None,
+            "lease_expires_at": None,
+            "lease_fence": check_int("lease_fence", item.lease_fence, minimum=0),
+            "last_error": None,
+            "created_at": self.context.stamp(item, "created_at"),
+            "updated_at": now,
+            "dead_lettered_at": None,
+        }
+        execution = session.execute(
+            select(ExecutionRow.tenant_id, ExecutionRow.status).where(
+                ExecutionRow.id == item.execution_id
+            )
+        ).one_or_none()
+        if execution is None:
+            raise NotFoundError(f"execution {item.execution_id} not found")
+        tenant_id = self.context.check_child_tenant(item, execution.tenant_id)
+        require_active_tenant(session, tenant_id)
+        if WorkflowStatus(execution.status).is_terminal:
+            raise InvalidTransitionError(
+                f"execution {item.execution_id} is {execution.status}; it takes no new work"
+            )
+        session.add(WorkItemRow(tenant_id=tenant_id, **values))
+        return item.id
+
+    def get(self, session: Session, item_id: uuid.UUID | str) -> WorkItem | None:
+        row = session.get(WorkItemRow, check_uuid("item_id", item_id))
+        return None if row is None else item_from_row(row)
+
+    def list_for_execution(self, session: Session, execution_id: uuid.UUID | str) -> list[WorkItem]:
+        rows = session.scalars(
+            select(WorkItemRow)
+            .where(WorkItemRow.execution_id == check_uuid("execution_id", execution_id))
+            .order_by(WorkItemRow.created_at, WorkItemRow.id)
+        )
+        return [item_from_row(row) for row in rows]
+
+    # ------------------------------------------------------------------ claim and renew
+
+    def claim(
+        self, session: Session, worker_id: str, queue_types: Sequence[str], limit: int
+    ) -> list[WorkItem]:
+        """One statement: ``WITH eligible AS MATERIALIZED (SELECT … ORDER BY priority DESC,
+        created_at LIMIT n FOR UPDATE SKIP LOCKED) UPDATE … WHERE id IN (SELECT id FROM
+        eligible) RETURNING …``. The CTE is evaluated exactly once: as a plain ``IN``
+        subquery PostgreSQL may re-scan it, and each re-scan with SKIP LOCKED finds other
+        rows, claiming more than ``n``. SQLite ignores the row lock; its writer holds the
+        database write lock."""
+        worker_id = check_identifier("worker_id", worker_id)
+        types = self._queue_types(queue_types)
+        limit = check_int("limit", limit, minimum=1, maximum=MAX_CLAIM)
+        now = self.context.now()
+        eligible = (
+            select(WorkItemRow.id)
+            .where(
+                WorkItemRow.status == _PENDING,
+                WorkItemRow.queue_type.in_(types),
+                WorkItemRow.available_at <= now,
+            )
+            .order_by(WorkItemRow.priority.desc(), WorkItemRow.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte("eligible")
+            .prefix_with("MATERIALIZED")
+        )
+        rows = session.scalars(
+            update(WorkItemRow)
+            .where(WorkItemRow.id.in_(select(eligible.c.id)), WorkItemRow.status == _PENDING)
+            .values(
+                status=WorkItemStatus.CLAIMED.value,
+                worker_id=worker_id,
+                lease_expires_at=now + self.context.lease_duration,
+                attempt=WorkItemRow.attempt + 1,
+                lease_fence=WorkItemRow.lease_fence + 1,
+                updated_at=now,
+            )
+            .returning(WorkItemRow)
+            .execution_options(**_NO_SYNC)
+        ).all()
+        return [item_from_row(row) for row in sorted(rows, key=_claim_order)]
+
+    def renew(
+        self,
+        session: Session,
+        item_id: uuid.UUID | str,
+        worker_id: str,
+        lease_fence: int | None,
+    ) -> datetime:
+        item_id = check_uuid("item_id", item_id)
+        worker_id = check_identifier("worker_id", worker_id)
+        fence = check_optional_int("lease_fence", lease_fence, minimum=0)
+        now = self.context.now()
+        expires = now + self.context.lease_duration
+        conditions = [
+            WorkItemRow.id == item_id,
+            WorkItemRow.status == _CLAIMED,
+            WorkItemRow.worker_id == worker_id,
+            WorkItemRow.lease_expires_at > now,
+        ]
+        if fence is not None:
+            conditions.append(WorkItemRow.lease_fence == fence)
+        renewed = session.execute(
+            update(WorkItemRow)
+            .where(*conditions)
+            .values(lease_expires_at=expires, updated_at=now)
+            .returning(WorkItemRow.id)
+            .execution_options(**_NO_SYNC)
+        ).first()
+        if renewed is None:
+            self._require_exists(session, item_id)
+            raise LeaseLostError(
+                f"worker {worker_id!r} does not hold an unexpired lease on work item {item_id}"
+            )
+        return expires
+
+    # ------------------------------------------------------------------ settle
+
+    def complete(
+        self,
+        session: Session,
+        item_id: uuid.UUID | str,
+        worker_id: str | None,
+        lease_fence: int | None,
+    ) -> None:
+        row = self._locked(session, check_uuid("item_id", item_id))
+        if row is None:
+            raise NotFoundError(f"work item {item_id} not found")
+        self._settle_complete(row, worker_id, lease_fence)
+
+    def complete_many(self, session: Session, items: Sequence[WorkItem]) -> list[bool]:
+        if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+            raise ValidationError("items must be a sequence of WorkItem")
+        if len(items) > MAX_CLAIM:
+            raise ValidationError(f"at most {MAX_CLAIM} items per call")
+        models = [coerce_model("item", WorkItem, item) for item in items]
+        rows = {
+            row.id: row
+            for row in session.scalars(
+                select(WorkItemRow)
+                .where(WorkItemRow.id.in_([m.id for m in models]))
+                .with_for_update()
+            )
+        }
+        results = []
+        for model in models:
+            row = rows.get(model.id)
+            try:
+                if row is None:
+                    raise LeaseLostError(f"work item {model.id} not found")
+                self._settle_complete(row, model.worker_id, model.lease_fence)
+                results.append(True)
+            except LeaseLostError:
+                results.append(False)
+        return results
+
+    def _settle_complete(
+        self, row: WorkItemRow, worker_id: str | None, lease_fence: int | None
+    ) -> None:
+        worker_id = check_optional_identifier("worker_id", worker_id)
+        fence = check_optional_int("lease_fence", lease_fence, minimum=0)
+        if row.status == WorkItemStatus.COMPLETED.value:
+            self._check_holder(row, worker_id, fence)  # a repeat by the same lease: no-op
+            return
+        self._require_claimed(row)
+        self._check_holder(row, worker_id, fence)
+        row.status = WorkItemStatus.COMPLETED.value
+        row.lease_expires_at = None
+        row.updated_at = self.context.now()
+
+    def fail(
+        self,
+        session: Session,
+        item_id: uuid.UUID | str,
+        error: str,
+        retry_in: timedelta | None,
+        worker_id: str | None,
+        lease_fence: int | None,
+    ) -> WorkItemStatus:
+        item_id = check_uuid("item_id", item_id)
+        error = check_text("error", error, max_length=MAX_ERROR_LENGTH)
+        delay = None if retry_in is None else check_timedelta("retry_in", retry_in)
+        worker_id = check_optional_identifier("worker_id", worker_id)
+        fence = check_optional_int("lease_fence", lease_fence, minimum=0)
+        row = self._locked(session, item_id)
+        if row is None:
+            raise NotFoundError(f"work item {item_id} not found")
+        self._require_claimed(row)
+        self._check_holder(row, worker_id, fence)
+        now = self.context.now()
+        row.last_error = error
+        row.lease_expires_at = None
+        row.updated_at = now
+        if delay is None:
+            row.status = WorkItemStatus.FAILED.value
+        elif row.attempt < row.max_attempts:
+            row.status = WorkItemStatus.PENDING.value
+            row.worker_id = None
+            row.available_at = now + delay
+        else:
+            row.status = WorkItemStatus.DEAD_LETTERED.value
+            row.dead_lettered_at = now
+        return WorkItemStatus(row.status)
+
+    # ------------------------------------------------------------------ reclaim
+
+    def reclaim_batch(
+        self, session: Session, batch: int = RECLAIM_BATCH
+    ) -> tuple[list[WorkItem], list[WorkItem]]:
+        """Reclaim up to ``batch`` expired leases; returns (retryable, exhausted).
+
+        Each item changes only through a conditional UPDATE that re-checks status, lease
+        expiry and fence, so a renew landing in between wins (W-3), and two reclaimers
+        never report the same item (rows are locked with SKIP LOCKED on PostgreSQL)."""
+        batch = check_int("batch", batch, minimum=1, maximum=10_000)
+        now = self.context.now()
+        expired = session.execute(
+            select(
+                WorkItemRow.id,
+                WorkItemRow.attempt,
+                WorkItemRow.max_attempts,
+                WorkItemRow.lease_fence,
+            )
+            .where(WorkItemRow.status == _CLAIMED, WorkItemRow.lease_expires_at <= now)
+            .order_by(WorkItemRow.lease_expires_at)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
+        ).all()
+        retry_groups: dict[int, list[tuple[uuid.UUID, int]]] = defaultdict(list)
+        exhausted_ids: list[tuple[uuid.UUID, int]] = []
+        for item_id, attempt, max_attempts, fence in expired:
+            if attempt < max_attempts:
+                retry_groups[min(attempt, 6)].append((item_id, fence))
+            else:
+                exhausted_ids.append((item_id, fence))
+
+        retryable: list[WorkItem] = []
+        for exponent, keys in retry_groups.items():
+            retryable += self._release_expired(
+                session,
+                keys,
+                now,
+                status=WorkItemStatus.PENDING.value,
+                worker_id=None,
+                available_at=now + backoff(exponent),
+                last_error=LEASE_EXPIRED,
+            )
+        exhausted = self._release_expired(
+            session,
+            exhausted_ids,
+            now,
+            status=WorkItemStatus.DEAD_LETTERED.value,
+            dead_lettered_at=now,
+            last_error=LEASE_EXPIRED,
+        )
+        return retryable, exhausted
+
+    def _release_expired(
+        self, session: Session, keys: list[tuple[uuid.UUID, int]], now: datetime, **values: Any
+    ) -> list[WorkItem]:
+        if not keys:
+            return []
+        fence_matches: list[ColumnElement[bool]] = [
+            (WorkItemRow.id == item_id) & (WorkItemRow.lease_fence == fence)
+            for item_id, fence in keys
+        ]
+        rows = session.scalars(
+            update(WorkItemRow)
+            .where(
+                WorkItemRow.id.in_([item_id for item_id, _ in keys]),
+                or_(*fence_matches),
+                WorkItemRow.status == _CLAIMED,
+                WorkItemRow.lease_expires_at <= now,
+            )
+            .values(lease_expires_at=None, updated_at=now, **values)
+            .returning(WorkItemRow)
+            .execution_options(**_NO_SYNC)
+        ).all()
+        return [item_from_row(row) for row in sorted(rows, key=lambda r: str(r.id))]
+
+    # ------------------------------------------------------------------ dead letters
+
+    def move_to_dead_letter(
+        self, session: Session, item_id: uuid.UUID | str, last_error: str
+    ) -> None:
+        item_id = check_uuid("item_id", item_id)
+        error = check_text("last_error", last_error, max_length=MAX_ERROR_LENGTH)
+        row = self._locked(session, item_id)
+        if row is None:
+            raise NotFoundError(f"work item {item_id} not found")
+        if row.status == WorkItemStatus.COMPLETED.value:
+            raise InvalidTransitionError(f"work item {item_id} is completed")
+        now = self.context.now()
+        row.status = WorkItemStatus.DEAD_LETTERED.value
+        row.last_error = error
+        row.lease_expires_at = None
+        row.dead_lettered_at = now
+        row.updated_at = now
+
+    def list_dead_letters(self, session: Session, limit: int, offset: int) -> list[DeadLetter]:
+        limit = check_int("limit", limit, minimum=1, maximum=MAX_CLAIM)
+        offset = check_int("offset", offset, minimum=0)
+        rows = session.scalars(
+            select(WorkItemRow)
+            .where(WorkItemRow.status == literal_column("'dead_lettered'"))
+            .order_by(WorkItemRow.dead_lettered_at.desc(), WorkItemRow.id)
+            .limit(limit)
+            .offset(offset)
+        )
+        return [
+            DeadLetter(
+                item=item_from_row(row),
+                last_error=row.last_error or "",
+                dead_lettered_at=row.dead_lettered_at or row.updated_at,
+            )
+            for row in rows
+        ]
+
+    def requeue_dead_letter(self, session: Session, item_id: uuid.UUID | str) -> None:
+        item_id = check_uuid("item_id", item_id)
+        row = self._locked(session, item_id)
+        if row is None:
+            raise NotFoundError(f"work item {item_id} not found")
+        if row.status != WorkItemStatus.DEAD_LETTERED.value:
+            raise InvalidTransitionError(f"work item {item_id} is {row.status}, not dead-lettered")
+        status = session.scalar(
+            select(ExecutionRow.status).where(ExecutionRow.id == row.execution_id)
+        )
+        if status is not None and WorkflowStatus(status).is_terminal:
+            raise InvalidTransitionError(
+                f"execution {row.execution_id} is {status}; it takes no new work"
+            )
+        now = self.context.now()
+        row.status = WorkItemStatus.PENDING.value
+        row.attempt = 0
+        row.worker_id = None
+        row.lease_expires_at = None
+        row.available_at = now
+        row.dead_lettered_at = None
+        row.updated_at = now
+
+    def stats(self, session: Session) -> dict[str, dict[WorkItemStatus, int]]:
+        counts: dict[str, dict[WorkItemStatus, int]] = {}
+        rows = session.execute(
+            select(WorkItemRow.queue_type, WorkItemRow.status, func.count()).group_by(
+                WorkItemRow.queue_type, WorkItemRow.status
+            )
+        )
+        for queue_type, status, count in rows:
+            per_status = counts.setdefault(queue_type, dict.fromkeys(WorkItemStatus, 0))
+            per_status[WorkItemStatus(status)] = count
+        return dict(sorted(counts.items()))
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _queue_types(queue_types: Sequence[str]) -> list[str]:
+        if isinstance(queue_types, str | bytes) or not isinstance(queue_types, Sequence):
+            raise ValidationError("queue_types must be a sequence of strings")
+        if not queue_types:
+            raise ValidationError("queue_types must not be empty")
+        if len(queue_types) > 100:
+            raise ValidationError("at most 100 queue types per claim")
+        return [check_identifier("queue_type", q) for q in queue_types]
+
+    @staticmethod
+    def _locked(session: Session, item_id: uuid.UUID) -> WorkItemRow | None:
+        return session.get(WorkItemRow, item_id, with_for_update=True)
+
+    @staticmethod
+    def _require_exists(session: Session, item_id: uuid.UUID) -> None:
+        if session.scalar(select(WorkItemRow.id).where(WorkItemRow.id == item_id)) is None:
+            raise NotFoundError(f"work item {item_id} not found")
+
+    @staticmethod
+    def _require_claimed(row: WorkItemRow) -> None:
+        if row.status != WorkItemStatus.CLAIMED.value:
+            raise LeaseLostError(f"work item {row.id} is {row.status}, not claimed")
+
+    @staticmethod
+    def _check_holder(row: WorkItemRow, worker_id: str | None, fence: int | None) -> None:
+        if worker_id is not None and row.worker_id != worker_id:
+            raise LeaseLostError(f"work item {row.id} is not leased to worker {worker_id!r}")
+        if fence is not None and row.lease_fence != fence:
+            raise LeaseLostError(
+                f"work item {row.id} has lease fence {row.lease_fence}, not {fence} (stale lease)"
+            )
