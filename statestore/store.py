@@ -39,11 +39,13 @@ from statestore.errors import (
 )
 from statestore.event_kinds import BaseEventKind
 from statestore.models import (
+    ApiToken,
     DeadLetter,
     Event,
     ReclaimResult,
     Snapshot,
     Tenant,
+    TokenRole,
     WorkflowDefinition,
     WorkflowExecution,
     WorkflowStatus,
@@ -51,6 +53,7 @@ from statestore.models import (
     WorkItemStatus,
     utc_now,
 )
+from statestore.repositories.auth import AuthRepository
 from statestore.repositories.base import StoreContext
 from statestore.repositories.events import EventRepository
 from statestore.repositories.executions import ExecutionRepository
@@ -113,6 +116,7 @@ class StateStore:
         self.snapshots = SnapshotRepository(context)
         self.tenants = TenantRepository(context)
         self.queue = QueueRepository(context)
+        self.tokens = AuthRepository(context)
 
     # ------------------------------------------------------------------ opening and closing
 
@@ -478,6 +482,36 @@ class StateStore:
     async def queue_stats(self) -> dict[str, dict[WorkItemStatus, int]]:
         """For every queue type with items, the count of each status (0 included)."""
         return await self._read(self.queue.stats)
+
+    # ------------------------------------------------------------------ auth
+
+    async def create_token(
+        self, name: str, role: TokenRole | str, *, expires_in: timedelta | None = None
+    ) -> tuple[str, ApiToken]:
+        """Create an API token for this scope's tenant (``default`` on the unscoped store).
+        Returns the plaintext token — shown only here — and its record."""
+        return await self._write(self.tokens.create, name, role, expires_in)
+
+    async def validate_token(self, token: str) -> ApiToken | None:
+        """The token's record, or ``None`` for unknown, malformed, revoked or expired tokens
+        and tokens of a suspended or archived tenant. Never raises for any input; records
+        ``last_used_at`` at most once a minute."""
+        found = await self._read(self.tokens.check, token)
+        if found.token is None:
+            return None
+        if found.touch or found.new_hash is not None:
+            found.token.last_used_at = await self._write(
+                self.tokens.record_use, found.token.id, found.new_hash
+            )
+        return found.token
+
+    async def revoke_token(self, token_id: uuid.UUID | str) -> None:
+        """Revoke a token; it stops validating at once."""
+        await self._write(self.tokens.revoke, token_id)
+
+    async def list_tokens(self) -> list[ApiToken]:
+        """The scope's tokens (all tenants' on the unscoped store), oldest first."""
+        return await self._read(self.tokens.list)
 
     # ------------------------------------------------------------------ tenants
 
