@@ -22,7 +22,9 @@ from statestore.validation import pydantic_error
 class BaseEventKind(BaseModel):
     """Common base of every event kind. ``type`` is the tag."""
 
-    model_config = ConfigDict(extra="allow")
+    # "constants": NaN/Infinity survive model_dump(mode="json") as floats, so the store's
+    # JSON check refuses them instead of pydantic silently turning them into null.
+    model_config = ConfigDict(extra="allow", ser_json_inf_nan="constants")
 
     type: str
     # Optional fields the seed omits from JSON when they are absent (instead of null).

@@ -133,9 +133,14 @@ def check_json(name: str, value: object, max_bytes: int) -> Any:
         raise ValidationError(f"{name} must not contain lone surrogates") from None
     if size > max_bytes:
         raise ValidationError(f"{name} is {size} bytes of JSON; the limit is {max_bytes}")
+    check_str_keys(name, value)
+    return value
+
+
+def check_str_keys(name: str, value: object) -> None:
+    """Refuse objects with non-string keys (JSON would silently turn them into strings)."""
     if not _has_only_str_keys(value):
         raise ValidationError(f"{name} must have string object keys")
-    return value
 
 
 def _has_only_str_keys(value: object) -> bool:

@@ -18,6 +18,7 @@ from statestore.validation import (
     check_int,
     check_json,
     check_optional_int,
+    check_str_keys,
     check_uuid,
     coerce_model,
 )
@@ -103,6 +104,7 @@ class EventRepository(Repository):
         return sequences
 
     def _kind_json(self, kind: BaseEventKind) -> dict[str, Any]:
+        check_str_keys("event kind", kind.model_dump())  # JSON mode would stringify keys
         payload = kind.to_json_dict()
         check_json("event kind", payload, self.context.max_json_bytes)
         return payload

@@ -8,7 +8,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from statestore.db.schema import TenantRow
-from statestore.errors import ConflictError, NotFoundError, TenantError, TenantSuspendedError
+from statestore.errors import (
+    ConflictError,
+    NotFoundError,
+    TenantError,
+    TenantSuspendedError,
+    ValidationError,
+)
 from statestore.models import Tenant, TenantLimits, TenantStatus
 from statestore.repositories.base import Repository
 from statestore.validation import check_identifier, check_json, check_tenant_id, coerce_model
@@ -38,6 +44,14 @@ def require_active_tenant(session: Session, tenant_id: str, *, lock: bool = Fals
     if row.status != TenantStatus.ACTIVE:
         raise TenantSuspendedError(f"tenant {tenant_id!r} is {row.status}; new work is refused")
     return row
+
+
+def _checked_limits(limits: TenantLimits) -> dict[str, Any]:
+    values = limits.model_dump()
+    for name, value in values.items():
+        if value is not None and (value < 0 or value != value or value == float("inf")):
+            raise ValidationError(f"limit {name} must be a finite number >= 0, got {value}")
+    return values
 
 
 def tenant_limits(row: TenantRow) -> TenantLimits:
@@ -89,7 +103,7 @@ class TenantRepository(Repository):
             "policy": None
             if tenant.policy is None
             else check_json("policy", tenant.policy, max_bytes),
-            "limits": None if tenant.limits is None else tenant.limits.model_dump(),
+            "limits": None if tenant.limits is None else _checked_limits(tenant.limits),
         }
 
     def _require_operator(self, method: str) -> None:

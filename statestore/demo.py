@@ -1,0 +1,289 @@
+"""The demo: a realistic durable-workflow run against the store (``statestore demo``).
+
+A tenant and a token are created, a workflow is registered, and a few hundred executions
+start. Each execution is a chain of nodes; each node is a work item. Several concurrent async
+workers claim items, heartbeat, append node events and state patches, write snapshots and
+complete. One worker is killed mid-lease: its item comes back through reclaim. A poison item,
+whose worker dies every time it takes it, ends in the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from statestore.errors import LeaseLostError
+from statestore.event_kinds import (
+    NodeCompleted,
+    NodeScheduled,
+    NodeStarted,
+    WorkflowCompleted,
+    WorkflowStarted,
+)
+from statestore.models import (
+    Event,
+    Snapshot,
+    Tenant,
+    WorkflowDefinition,
+    WorkflowExecution,
+    WorkflowStatus,
+    WorkItem,
+    WorkItemStatus,
+)
+from statestore.store import StateStore
+
+NODES = ("fetch", "parse", "enrich", "store")
+QUEUE = "demo"
+DEMO_LEASE = timedelta(seconds=2)
+"""Open the demo's store with this ``lease_duration``, so a dead worker's items come back in
+seconds rather than the default 30 s."""
+POISON_ATTEMPTS = 2
+
+
+@dataclass
+class DemoResult:
+    """What the demo did; the CLI prints it and the tests check it against the database."""
+
+    tenant_id: str
+    workflow_id: str
+    executions_started: int = 0
+    executions_completed: int = 0
+    events_written: int = 0
+    items_completed: int = 0
+    retries: int = 0
+    dead_letters: int = 0
+    killed_worker_items: int = 0
+    seconds: float = 0.0
+    execution_ids: list[str] = field(default_factory=list)
+    poison_item_id: str = ""
+
+    @property
+    def throughput(self) -> float:
+        """Work items completed per second."""
+        return self.items_completed / self.seconds if self.seconds else 0.0
+
+
+class _Killed(Exception):
+    """Raised inside a worker to simulate a crash mid-lease."""
+
+
+async def run_demo(
+    store: StateStore,
+    *,
+    executions: int = 200,
+    workers: int = 4,
+    progress: Callable[[int, int], None] | None = None,
+    give_up_after: float = 300.0,
+) -> DemoResult:
+    """Run the demo on an open, migrated store; ``progress(done, total)`` is called as
+    executions complete. Raises ``TimeoutError`` if not finished after ``give_up_after`` seconds."""
+    started = time.perf_counter()
+    tenant_id = f"demo-{uuid.uuid4().hex[:8]}"
+    await store.create_tenant(Tenant(id=tenant_id, name="Demo tenant"))
+    scoped = store.for_tenant(tenant_id)
+    token, _ = await scoped.create_token("demo-worker", "operator")
+    principal = await store.validate_token(token)
+    assert principal is not None and principal.tenant_id == tenant_id
+    tenant_store = store.for_tenant(principal.tenant_id)  # as a server would, from the token
+
+    workflow = WorkflowDefinition(
+        workflow_id="ingest-document",
+        version="1",
+        ir={"nodes": list(NODES), "edges": [list(e) for e in itertools.pairwise(NODES)]},
+    )
+    await tenant_store.store_workflow(workflow)
+    result = DemoResult(tenant_id=tenant_id, workflow_id=workflow.workflow_id)
+
+    for _ in range(executions):
+        execution = WorkflowExecution(
+            workflow_id=workflow.workflow_id,
+            workflow_version=workflow.version,
+            initial_input={"document": uuid.uuid4().hex},
+        )
+        await tenant_store.create_execution(execution)
+        await tenant_store.append_event(
+            Event(
+                execution_id=execution.execution_id,
+                kind=WorkflowStarted(
+                    workflow_id=workflow.workflow_id,
+                    workflow_version=workflow.version,
+                    initial_input=execution.initial_input,
+                ),
+            )
+        )
+        await tenant_store.update_execution_status(execution.execution_id, WorkflowStatus.RUNNING)
+        await _schedule(tenant_store, execution.execution_id, 0)
+        result.execution_ids.append(str(execution.execution_id))
+    result.executions_started = executions
+
+    # The poison item belongs to an execution of its own that never finishes, so the
+    # terminal-status settle cannot retire it before reclaim dead-letters it.
+    poison_execution = WorkflowExecution(
+        workflow_id=workflow.workflow_id, workflow_version=workflow.version
+    )
+    await tenant_store.create_execution(poison_execution)
+    poison = WorkItem(
+        execution_id=poison_execution.execution_id,
+        node_id="poison",
+        queue_type=QUEUE,
+        payload={"poison": True},
+        max_attempts=POISON_ATTEMPTS,
+        priority=10,
+    )
+    await tenant_store.enqueue_work_item(poison)
+    result.poison_item_id = str(poison.id)
+
+    done = asyncio.Event()
+    state = _RunState(total=executions, progress=progress, done=done)
+    reclaimer = asyncio.create_task(_reclaim_loop(tenant_store, state))
+    crew = [
+        asyncio.create_task(
+            # With two or more workers, worker-0 dies holding a lease after five items.
+            _worker(
+                tenant_store, f"worker-{n}", state, kill_after=5 if n == 0 < workers - 1 else None
+            )
+        )
+        for n in range(workers)
+    ]
+    try:
+        await asyncio.wait_for(done.wait(), timeout=give_up_after)
+    finally:
+        for task in (*crew, reclaimer):
+            task.cancel()
+        for task in (*crew, reclaimer):
+            with contextlib.suppress(asyncio.CancelledError, _Killed):
+                await task
+    await tenant_store.update_execution_status(poison_execution.execution_id, WorkflowStatus.FAILED)
+
+    result.executions_completed = state.completed
+    result.items_completed = state.items_completed
+    result.retries = state.retries
+    result.killed_worker_items = state.killed_items
+    result.dead_letters = len(await tenant_store.list_dead_letters(limit=1000))
+    result.events_written = sum(
+        [await tenant_store.latest_sequence(eid) for eid in result.execution_ids]
+    )
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+@dataclass
+class _RunState:
+    total: int
+    progress: Callable[[int, int], None] | None
+    done: asyncio.Event
+    completed: int = 0
+    items_completed: int = 0
+    retries: int = 0
+    killed_items: int = 0
+    poison_dead: bool = False
+
+    def execution_done(self) -> None:
+        self.completed += 1
+        if self.progress is not None:
+            self.progress(self.completed, self.total)
+        self._check()
+
+    def _check(self) -> None:
+        if self.completed >= self.total and self.poison_dead:
+            self.done.set()
+
+
+async def _schedule(store: StateStore, execution_id: uuid.UUID, index: int) -> None:
+    node = NODES[index]
+    await store.append_event(
+        Event(execution_id=execution_id, kind=NodeScheduled(node_id=node, queue_type=QUEUE))
+    )
+    await store.enqueue_work_item(
+        WorkItem(execution_id=execution_id, node_id=node, queue_type=QUEUE, payload={"step": index})
+    )
+
+
+async def _worker(
+    store: StateStore, name: str, state: _RunState, *, kill_after: int | None
+) -> None:
+    """Claim, heartbeat, record, complete; ``kill_after`` items, die holding a lease."""
+    handled = 0
+    while True:
+        item = await store.claim_work_item(name, [QUEUE])
+        if item is None:
+            await asyncio.sleep(0.05)
+            continue
+        payload = item.payload if isinstance(item.payload, dict) else {}
+        if payload.get("poison") or (kill_after is not None and handled >= kill_after):
+            # The process running this item dies: no complete, no fail; the lease runs out.
+            if not payload.get("poison"):
+                state.killed_items += 1
+                raise _Killed(name)
+            await asyncio.sleep(0)
+            continue
+        handled += 1
+        await _run_node(store, name, item, state)
+
+
+async def _run_node(store: StateStore, worker: str, item: WorkItem, state: _RunState) -> None:
+    eid = item.execution_id
+    if item.attempt > 1:
+        state.retries += 1
+    try:
+        await store.renew_lease(item.id, worker, lease_fence=item.lease_fence)  # heartbeat
+    except LeaseLostError:
+        return  # someone else owns it now: stop working on it
+    await store.append_events(
+        eid,
+        [
+            NodeStarted(node_id=item.node_id, worker_id=worker, attempt=item.attempt),
+            NodeCompleted(
+                node_id=item.node_id,
+                output={"ok": True, "attempt": item.attempt},
+                state_patch={item.node_id: "done"},
+                duration_ms=1,
+            ),
+        ],
+    )
+    await store.patch_append_array(eid, "completed_nodes", item.node_id)
+    try:
+        await store.complete_work_item(item.id, worker_id=worker, lease_fence=item.lease_fence)
+    except LeaseLostError:
+        return
+    state.items_completed += 1
+    index = NODES.index(item.node_id)
+    if index + 1 < len(NODES):
+        await _schedule(store, eid, index + 1)
+        return
+    execution = await store.get_execution(eid)
+    final = execution.current_state if execution else {}
+    latest = await store.latest_sequence(eid)
+    await store.write_snapshot(Snapshot(execution_id=eid, at_sequence=latest, state=final))
+    await store.append_event(Event(execution_id=eid, kind=WorkflowCompleted(final_state=final)))
+    await store.update_execution_status(
+        eid, WorkflowStatus.COMPLETED, expected=WorkflowStatus.RUNNING
+    )
+    state.execution_done()
+
+
+async def _reclaim_loop(store: StateStore, state: _RunState) -> None:
+    while True:
+        reclaimed = await store.reclaim_expired_leases()
+        if reclaimed.exhausted:
+            for item in reclaimed.exhausted:
+                if item.node_id == "poison":
+                    state.poison_dead = True
+            state._check()
+        if not state.poison_dead:
+            letters = await store.list_dead_letters(limit=10)
+            state.poison_dead = any(d.item.node_id == "poison" for d in letters)
+            state._check()
+        await asyncio.sleep(0.25)
+
+
+def queue_is_settled(stats: dict[str, dict[WorkItemStatus, int]]) -> bool:
+    """No item of the demo queue is pending or claimed."""
+    counts = stats.get(QUEUE, {})
+    return counts.get(WorkItemStatus.PENDING, 0) == 0 and counts.get(WorkItemStatus.CLAIMED, 0) == 0
