@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/python examples/demo.py
+	$(BIN)/statestore demo
 
 test: install
 	$(BIN)/python -m pytest

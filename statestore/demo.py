@@ -60,13 +60,16 @@ class DemoResult:
     dead_letters: int = 0
     killed_worker_items: int = 0
     seconds: float = 0.0
+    work_seconds: float = 0.0
+    """Time until the last execution completed (the poison item's lease may run longer)."""
     execution_ids: list[str] = field(default_factory=list)
     poison_item_id: str = ""
 
     @property
     def throughput(self) -> float:
-        """Work items completed per second."""
-        return self.items_completed / self.seconds if self.seconds else 0.0
+        """Work items completed per second while executions were running."""
+        elapsed = self.work_seconds or self.seconds
+        return self.items_completed / elapsed if elapsed else 0.0
 
 
 class _Killed(Exception):
@@ -139,6 +142,7 @@ async def run_demo(
     await tenant_store.enqueue_work_item(poison)
     result.poison_item_id = str(poison.id)
 
+    work_started = time.perf_counter()
     done = asyncio.Event()
     state = _RunState(total=executions, progress=progress, done=done)
     reclaimer = asyncio.create_task(_reclaim_loop(tenant_store, state))
@@ -170,6 +174,7 @@ async def run_demo(
         [await tenant_store.latest_sequence(eid) for eid in result.execution_ids]
     )
     result.seconds = time.perf_counter() - started
+    result.work_seconds = (state.finished_at or time.perf_counter()) - work_started
     return result
 
 
@@ -179,6 +184,7 @@ class _RunState:
     progress: Callable[[int, int], None] | None
     done: asyncio.Event
     completed: int = 0
+    finished_at: float = 0.0
     items_completed: int = 0
     retries: int = 0
     killed_items: int = 0
@@ -186,6 +192,8 @@ class _RunState:
 
     def execution_done(self) -> None:
         self.completed += 1
+        if self.completed == self.total:
+            self.finished_at = time.perf_counter()
         if self.progress is not None:
             self.progress(self.completed, self.total)
         self._check()

@@ -186,12 +186,38 @@ class StateStore:
             raise
         return store
 
-    async def migrate(self) -> None:
-        """Upgrade the database to this package's head revision (Alembic). Idempotent and
-        safe to call from several processes at once."""
+    async def migrate(self, revision: str = "head") -> None:
+        """Upgrade the database to this package's head revision (Alembic), or to
+        ``revision``. Idempotent and safe to call from several processes at once."""
         self._check_open()
-        await self._shared.runner.with_connection(migrations.upgrade)
-        self._shared.schema_checked = True
+        await self._shared.runner.with_connection(
+            lambda connection: migrations.upgrade(connection, revision)
+        )
+        self._shared.schema_checked = revision == "head"
+
+    async def downgrade(self, revision: str) -> None:
+        """Downgrade the database to ``revision`` (``"base"`` removes every table)."""
+        self._check_open()
+        self._shared.schema_checked = False
+        await self._shared.runner.with_connection(
+            lambda connection: migrations.downgrade(connection, revision)
+        )
+
+    async def current_revision(self) -> str | None:
+        """The database's schema revision (``None`` for an empty database)."""
+        self._check_open()
+        return await self._shared.runner.with_connection(migrations.current_revision)
+
+    @staticmethod
+    def head_revision() -> str:
+        """The schema revision this package needs."""
+        return migrations.head_revision()
+
+    async def schema_drift(self) -> list[str]:
+        """Differences between the database schema and this package's models (empty: none)."""
+        self._check_open()
+        drift = await self._shared.runner.with_connection(migrations.schema_drift)
+        return [str(entry) for entry in drift]
 
     async def close(self) -> None:
         """Stop the store's threads and dispose of the engine. Idempotent; closes every
