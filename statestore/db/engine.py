@@ -198,7 +198,11 @@ def create_user_engine(
         options["poolclass"] = StaticPool
     else:
         options["poolclass"] = NullPool
-    options.update(engine_options)
+    for key, value in engine_options.items():
+        if key == "connect_args" and isinstance(value, dict):
+            options[key] = {**options.get(key, {}), **value}  # keep our connect timeout
+        else:
+            options[key] = value
     try:
         engine = create_async_engine(config.async_url, **options)
     except (ArgumentError, TypeError) as exc:
