@@ -28,8 +28,13 @@ def _json(*, nullable: bool = False) -> sa.types.TypeEngine[object]:
     )
 
 
+def _key(length: int) -> sa.types.TypeEngine[str]:
+    # Bytewise order on PostgreSQL whatever the server's locale (SQLite's default already is).
+    return sa.String(length).with_variant(sa.String(length, collation="C"), "postgresql")
+
+
 def _tenant_id() -> sa.Column[str]:
-    return sa.Column("tenant_id", sa.String(64), nullable=False)
+    return sa.Column("tenant_id", _key(64), nullable=False)
 
 
 def _tenant_fk(table: str) -> sa.ForeignKeyConstraint:
@@ -58,7 +63,7 @@ def _partial(status: str) -> dict[str, sa.TextClause]:
 def upgrade() -> None:
     tenants = op.create_table(
         "tenants",
-        sa.Column("id", sa.String(64), nullable=False),
+        sa.Column("id", _key(64), nullable=False),
         sa.Column("name", sa.String(255), nullable=False),
         sa.Column("status", sa.String(32), nullable=False),
         sa.Column("policy", _json(nullable=True), nullable=True),
@@ -87,8 +92,8 @@ def upgrade() -> None:
     op.create_table(
         "workflow_definitions",
         _tenant_id(),
-        sa.Column("workflow_id", sa.String(255), nullable=False),
-        sa.Column("version", sa.String(255), nullable=False),
+        sa.Column("workflow_id", _key(255), nullable=False),
+        sa.Column("version", _key(255), nullable=False),
         sa.Column("ir", _json(), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         _tenant_fk("workflow_definitions"),

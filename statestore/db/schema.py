@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from statestore.db.types import UTCDateTime, json_type
+from statestore.db.types import UTCDateTime, identifier_type, json_type
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -48,7 +48,7 @@ class Base(DeclarativeBase):
 
 def _tenant_fk(*, primary_key: bool = False) -> Mapped[str]:
     return mapped_column(
-        String(TENANT_ID_LENGTH),
+        identifier_type(TENANT_ID_LENGTH),
         ForeignKey("tenants.id", ondelete="RESTRICT"),
         nullable=False,
         primary_key=primary_key,
@@ -64,7 +64,7 @@ class TenantOwned:
 class TenantRow(Base):
     __tablename__ = "tenants"
 
-    id: Mapped[str] = mapped_column(String(TENANT_ID_LENGTH), primary_key=True)
+    id: Mapped[str] = mapped_column(identifier_type(TENANT_ID_LENGTH), primary_key=True)
     name: Mapped[str] = mapped_column(String(ID_LENGTH))
     status: Mapped[str] = mapped_column(String(STATUS_LENGTH))
     policy: Mapped[Any] = mapped_column(json_type(nullable=True), nullable=True)
@@ -79,8 +79,8 @@ class WorkflowDefinitionRow(TenantOwned, Base):
     # The key is (tenant, workflow_id, version): the tenant leads it, so every lookup and
     # listing within one tenant is an index range.
     tenant_id: Mapped[str] = _tenant_fk(primary_key=True)
-    workflow_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
-    version: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(identifier_type(ID_LENGTH), primary_key=True)
+    version: Mapped[str] = mapped_column(identifier_type(ID_LENGTH), primary_key=True)
     ir: Mapped[Any] = mapped_column(json_type())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect
+from sqlalchemy import JSON, DateTime, Dialect, String
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -47,3 +47,10 @@ def json_type(*, nullable: bool = False) -> TypeEngine[Any]:
     ``nullable=True`` stores Python ``None`` as SQL NULL; otherwise ``None`` is JSON ``null``.
     """
     return JSON(none_as_null=nullable).with_variant(JSONB(none_as_null=nullable), "postgresql")
+
+
+def identifier_type(length: int) -> TypeEngine[str]:
+    """A string key that sorts bytewise on both databases (PostgreSQL: collation "C"; SQLite
+    compares bytes by default), so listings are ordered the same whatever the server's
+    locale."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
