@@ -7,8 +7,8 @@ One public call is one operation is one transaction. The runner decides where it
   small pool of reader threads with their own connections (WAL lets them read beside the
   writer). Each call costs exactly one hop between the event loop and a thread; SQLAlchemy's
   async layer over aiosqlite would cost eight or nine. The writer takes jobs from a queue and
-  runs them in :meth:`SqliteRunner._run_batch`, the one place group commit will drain several
-  waiting jobs into one transaction; repositories do not change for it.
+  commits every write waiting at that moment in one transaction (group commit, see
+  :meth:`SqliteRunner._run_group`); repositories do not know about it.
 - :class:`PostgresRunner`: ``AsyncSession.run_sync`` over asyncpg; many connections in
   parallel, READ COMMITTED.
 
@@ -90,6 +90,19 @@ class _Job:
     transactional: bool = True
 
 
+def _translated(exc: BaseException) -> BaseException:
+    error = translate(exc)
+    if error is not exc:
+        error.__cause__ = exc
+    return error
+
+
+def _deliver(job: _Job, result: Any, error: BaseException | None) -> None:
+    # RuntimeError: the caller's event loop is closed; nobody is waiting any more.
+    with contextlib.suppress(RuntimeError):
+        job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
+
+
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.done():  # the caller was cancelled; the write may still have committed
         return
@@ -106,6 +119,11 @@ class SqliteRunner(Runner):
     writer_engine: Engine
     reader_engine: Engine | None
     readers: int = 2
+    max_group: int = 64
+    """At most this many waiting writes share one transaction (group commit)."""
+    transactions: int = 0
+    """Write transactions committed so far (with ``operations``: the group-commit ratio)."""
+    operations: int = 0
     _queue: queue.SimpleQueue[_Job | None] = field(default_factory=queue.SimpleQueue)
     _thread: threading.Thread | None = None
     _reader_pool: ThreadPoolExecutor | None = None
@@ -164,44 +182,93 @@ class SqliteRunner(Runner):
 
     def _writer_loop(self) -> None:
         connection: Connection | None = None
-        while True:
-            job = self._queue.get()
+        held: _Job | None = None  # taken while draining, but must run on its own
+        stopping = False
+        while not stopping:
+            job = held or self._queue.get()
+            held = None
             if job is None:
                 break
-            connection = self._run_batch([job], connection)
+            if not job.transactional:
+                connection = self._run_alone(job, connection)
+                continue
+            group = [job]
+            while len(group) < self.max_group:
+                try:
+                    waiting = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if waiting is None:
+                    stopping = True  # run what was drained, then stop
+                    break
+                if not waiting.transactional:
+                    held = waiting
+                    break
+                group.append(waiting)
+            connection = self._run_group(group, connection)
         if connection is not None:
             connection.close()
 
-    def _run_batch(self, jobs: list[_Job], connection: Connection | None) -> Connection | None:
-        """Run jobs on the writer connection; returns the connection to keep using.
-
-        Today each batch holds one job and one transaction. Group commit will drain the
-        queue into one batch here, each job inside its own SAVEPOINT.
-        """
-        for job in jobs:
-            result: Any = None
-            error: BaseException | None = None
-            try:
-                if connection is None:
-                    connection = self.writer_engine.connect()
-                if job.transactional:
-                    with connection.begin():
-                        result = job.fn(connection)
+    def _run_group(self, jobs: list[_Job], connection: Connection | None) -> Connection | None:
+        """Group commit: every job waiting for the writer runs in one ``BEGIN IMMEDIATE …
+        COMMIT``, each inside its own SAVEPOINT, so one job's error rolls back only that job
+        and reaches only its caller. Results are released only after the COMMIT succeeded;
+        a failed BEGIN or COMMIT fails every job of the group. Returns the connection to
+        keep using."""
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            if connection is None:
+                connection = self.writer_engine.connect()
+            with connection.begin():
+                if len(jobs) == 1:  # nothing to isolate it from: no savepoint needed
+                    outcomes.append((jobs[0].fn(connection), None))
                 else:
-                    try:
-                        result = job.fn(connection)
-                    finally:
-                        if connection.in_transaction():
-                            connection.rollback()
-            except BaseException as exc:
-                error = translate(exc)
-                error.__cause__ = exc
-                if connection is not None and connection.invalidated:
-                    connection.close()
-                    connection = None
-            # RuntimeError: the caller's event loop is closed; nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
+                    for job in jobs:
+                        outcomes.append(self._run_in_savepoint(job, connection))
+            self.transactions += 1
+            self.operations += len(jobs)
+        except BaseException as exc:
+            outcomes = [(None, _translated(exc)) for _ in jobs]
+            connection = self._discard_if_broken(connection)
+        for job, (result, error) in zip(jobs, outcomes, strict=True):
+            _deliver(job, result, error)
+        return connection
+
+    @staticmethod
+    def _run_in_savepoint(job: _Job, connection: Connection) -> tuple[Any, BaseException | None]:
+        savepoint = connection.begin_nested()
+        try:
+            result = job.fn(connection)
+        except Exception as exc:
+            if savepoint.is_active:  # a failed flush may have rolled it back already
+                savepoint.rollback()
+            return None, _translated(exc)
+        savepoint.commit()
+        return result, None
+
+    def _run_alone(self, job: _Job, connection: Connection | None) -> Connection | None:
+        """A job that manages its own transactions (migrations, schema checks)."""
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            if connection is None:
+                connection = self.writer_engine.connect()
+            try:
+                result = job.fn(connection)
+            finally:
+                if connection.in_transaction():
+                    connection.rollback()
+        except BaseException as exc:
+            error = _translated(exc)
+            connection = self._discard_if_broken(connection)
+        _deliver(job, result, error)
+        return connection
+
+    @staticmethod
+    def _discard_if_broken(connection: Connection | None) -> Connection | None:
+        if connection is not None and connection.invalidated:
+            connection.close()
+            return None
         return connection
 
     async def close(self) -> None:
