@@ -129,6 +129,8 @@ class SqliteRunner(Runner):
     _reader_pool: ThreadPoolExecutor | None = None
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _local: threading.local = field(default_factory=threading.local)
+    _reader_connections: list[Connection] = field(default_factory=list)
 
     async def write(self, op: Operation[T], scope: Scope) -> T:
         return await self._submit(lambda conn: run_in_session(conn, op, scope))
@@ -144,12 +146,29 @@ class SqliteRunner(Runner):
         return await self._submit(fn, transactional=False)
 
     def _run_read(self, op: Operation[T], scope: Scope) -> T:
-        assert self.reader_engine is not None
         try:
-            with self.reader_engine.connect() as conn, conn.begin():
-                return run_in_session(conn, op, scope)
+            connection = self._reader_connection()
+            try:
+                with connection.begin():
+                    return run_in_session(connection, op, scope)
+            except BaseException:
+                if connection.invalidated:
+                    self._local.connection = None
+                    connection.close()
+                raise
         except BaseException as exc:
             raise translate(exc) from exc
+
+    def _reader_connection(self) -> Connection:
+        """Each reader thread keeps its own connection (no pool checkout per read)."""
+        connection: Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            assert self.reader_engine is not None
+            connection = self.reader_engine.connect()
+            self._local.connection = connection
+            with self._lock:
+                self._reader_connections.append(connection)
+        return connection
 
     def _readers(self) -> ThreadPoolExecutor:
         if self._closed:
@@ -280,6 +299,8 @@ class SqliteRunner(Runner):
             await asyncio.to_thread(self._thread.join)
         if self._reader_pool is not None:
             self._reader_pool.shutdown(wait=True)
+        for connection in self._reader_connections:
+            connection.close()
         self.writer_engine.dispose()
         if self.reader_engine is not None:
             self.reader_engine.dispose()

@@ -6,10 +6,10 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
-from statestore.db.schema import EventRow, ExecutionRow
+from statestore.db import queries
 from statestore.errors import NotFoundError, SequenceConflictError, ValidationError
 from statestore.event_kinds import BaseEventKind, load_stored_kind, parse_event_kind
 from statestore.models import Event
@@ -24,14 +24,6 @@ from statestore.validation import (
 )
 
 MAX_BATCH = 10_000
-_EVENT_COLUMNS = (
-    EventRow.id,
-    EventRow.execution_id,
-    EventRow.sequence,
-    EventRow.kind,
-    EventRow.created_at,
-    EventRow.tenant_id,
-)
 
 
 def event_from_row(row: Row[Any]) -> Event:
@@ -54,16 +46,19 @@ class EventRepository(Repository):
         expected = check_optional_int("expected_sequence", expected_sequence, minimum=0)
         first, tenant_id = self._reserve(session, event.execution_id, 1, expected)
         self.context.check_child_tenant(event, tenant_id)
-        session.execute(
-            insert(EventRow).values(
-                id=event.id,
-                tenant_id=tenant_id,
-                execution_id=event.execution_id,
-                sequence=first,
-                event_type=kind["type"],
-                kind=kind,
-                created_at=self.context.stamp(event, "created_at"),
-            )
+        queries.insert_events(
+            session,
+            [
+                {
+                    "id": event.id,
+                    "tenant_id": tenant_id,
+                    "execution_id": event.execution_id,
+                    "sequence": first,
+                    "event_type": kind["type"],
+                    "kind": kind,
+                    "created_at": self.context.stamp(event, "created_at"),
+                }
+            ],
         )
         return first
 
@@ -86,8 +81,8 @@ class EventRepository(Repository):
             return []
         now = self.context.now()
         sequences = list(range(first, first + len(payloads)))
-        session.execute(
-            insert(EventRow),
+        queries.insert_events(
+            session,
             [
                 {
                     "id": uuid.uuid4(),
@@ -116,13 +111,7 @@ class EventRepository(Repository):
         sequence and the execution's tenant. The row update serialises appenders of one
         execution on both databases, so sequences are gapless without a retry loop; a
         failed append rolls the bump back with its transaction."""
-        row = session.execute(
-            update(ExecutionRow)
-            .where(ExecutionRow.id == execution_id)
-            .values(last_sequence=ExecutionRow.last_sequence + count)
-            .returning(ExecutionRow.last_sequence, ExecutionRow.tenant_id)
-            .execution_options(synchronize_session=False)
-        ).one_or_none()
+        row = queries.reserve_sequences(session, execution_id, count)
         if row is None:
             raise NotFoundError(f"execution {execution_id} not found")
         latest = row.last_sequence - count
@@ -142,22 +131,11 @@ class EventRepository(Repository):
         since: int,
         limit: int | None,
     ) -> list[Event]:
-        statement = (
-            select(*_EVENT_COLUMNS)
-            .where(
-                EventRow.execution_id == check_uuid("execution_id", execution_id),
-                EventRow.sequence > check_int("since", since, minimum=0),
-            )
-            .order_by(EventRow.sequence)
-        )
-        if limit is not None:
-            statement = statement.limit(check_int("limit", limit, minimum=1))
-        return [event_from_row(row) for row in session.execute(statement)]
+        execution_id = check_uuid("execution_id", execution_id)
+        since = check_int("since", since, minimum=0)
+        limit = None if limit is None else check_int("limit", limit, minimum=1)
+        rows = queries.select_events(session, execution_id, since, limit)
+        return [event_from_row(row) for row in rows]
 
     def latest_sequence(self, session: Session, execution_id: uuid.UUID | str) -> int:
-        latest = session.scalar(
-            select(ExecutionRow.last_sequence).where(
-                ExecutionRow.id == check_uuid("execution_id", execution_id)
-            )
-        )
-        return latest or 0
+        return queries.select_latest_sequence(session, check_uuid("execution_id", execution_id))

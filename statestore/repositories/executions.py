@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from statestore.db import queries
 from statestore.db.schema import ExecutionRow, WorkItemRow
 from statestore.db.tenancy import narrowed_to
 from statestore.errors import (
@@ -39,7 +40,8 @@ MAX_LIST_LIMIT = 1000
 _NO_SYNC = {"synchronize_session": False}
 
 
-def execution_from_row(row: ExecutionRow) -> WorkflowExecution:
+def execution_from_row(row: Any) -> WorkflowExecution:
+    """A model from an ORM row or a Core row of ``workflow_executions``."""
     return WorkflowExecution(
         execution_id=row.id,
         workflow_id=row.workflow_id,
@@ -100,10 +102,10 @@ class ExecutionRepository(Repository):
                 raise TenantLimitExceededError(
                     f"tenant {tenant_id!r} has reached max_concurrent_executions={limit}"
                 )
-        session.add(ExecutionRow(**values))
+        queries.insert_execution(session, values)
 
     def get(self, session: Session, execution_id: uuid.UUID | str) -> WorkflowExecution | None:
-        row = session.get(ExecutionRow, check_uuid("execution_id", execution_id))
+        row = queries.select_execution(session, check_uuid("execution_id", execution_id))
         return None if row is None else execution_from_row(row)
 
     def update_status(
