@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -26,13 +27,15 @@ from sqlalchemy import (
     Table,
     bindparam,
     insert,
+    literal_column,
     select,
     update,
 )
 from sqlalchemy.orm import Session
 
-from statestore.db.schema import EventRow, ExecutionRow
+from statestore.db.schema import EventRow, ExecutionRow, WorkItemRow
 from statestore.db.tenancy import session_scope
+from statestore.db.types import UTCDateTime
 
 _executions: Table = ExecutionRow.__table__  # type: ignore[assignment]
 _events: Table = EventRow.__table__  # type: ignore[assignment]
@@ -43,9 +46,11 @@ class _Variants(NamedTuple):
     one_tenant: Executable
 
 
-def _variants(
-    build: Callable[[Callable[[Table], list[ColumnElement[bool]]]], Executable],
-) -> _Variants:
+TenantPredicate = Callable[[Table], list[ColumnElement[bool]]]
+"""Given a table, the WHERE terms confining it to the tenant (none for all tenants)."""
+
+
+def _variants(build: Callable[[TenantPredicate], Executable]) -> _Variants:
     """Build a statement twice: without a tenant predicate, and with ``tenant_id = :tenant``."""
 
     def no_tenant(_table: Table) -> list[ColumnElement[bool]]:
@@ -158,3 +163,115 @@ def insert_execution(session: Session, values: dict[str, Any]) -> None:
     """Insert an execution row (its ``tenant_id`` already resolved by the caller)."""
     session_scope(session)
     session.connection().execute(_INSERT_EXECUTION, values)
+
+
+# ---------------------------------------------------------------- the queue
+
+_items: Table = WorkItemRow.__table__  # type: ignore[assignment]
+# Literals, not bound parameters: PostgreSQL then plans the claim on the partial index
+# (a bound status makes a generic plan skip it).
+PENDING: ColumnElement[str] = literal_column("'pending'")
+CLAIMED: ColumnElement[str] = literal_column("'claimed'")
+
+
+def _claim(tenant: TenantPredicate) -> Executable:
+    eligible = (
+        select(_items.c.id)
+        .where(
+            _items.c.status == PENDING,
+            _items.c.queue_type.in_(bindparam("p_types", expanding=True)),
+            _items.c.available_at <= bindparam("p_now", type_=UTCDateTime()),
+            *tenant(_items),
+        )
+        .order_by(_items.c.priority.desc(), _items.c.created_at)
+        .limit(bindparam("p_limit", type_=BigInteger))
+        .with_for_update(skip_locked=True)
+        .cte("eligible")
+        .prefix_with("MATERIALIZED")
+    )
+    return (
+        update(_items)
+        .where(_items.c.id.in_(select(eligible.c.id)), _items.c.status == PENDING)
+        .values(
+            status=CLAIMED,
+            worker_id=bindparam("p_worker"),
+            lease_expires_at=bindparam("p_expires", type_=UTCDateTime()),
+            attempt=_items.c.attempt + 1,
+            lease_fence=_items.c.lease_fence + 1,
+            updated_at=bindparam("p_now", type_=UTCDateTime()),
+        )
+        .returning(*_items.c)
+    )
+
+
+_CLAIM = _variants(_claim)
+
+
+def claim_items(
+    session: Session,
+    worker_id: str,
+    queue_types: Sequence[str],
+    limit: int,
+    now: datetime,
+    expires: datetime,
+) -> Sequence[Row[Any]]:
+    """One statement: ``WITH eligible AS MATERIALIZED (SELECT … ORDER BY priority DESC,
+    created_at LIMIT n FOR UPDATE SKIP LOCKED) UPDATE … WHERE id IN (SELECT id FROM eligible)
+    RETURNING …``. The CTE is evaluated exactly once: as a plain ``IN`` subquery PostgreSQL
+    may re-scan it, and each re-scan with SKIP LOCKED finds other rows, claiming more than
+    ``n``. SQLite ignores the row lock (its writer holds the database write lock). Rows come
+    back in no particular order."""
+    params = {
+        "p_types": list(queue_types),
+        "p_now": now,
+        "p_limit": limit,
+        "p_worker": worker_id,
+        "p_expires": expires,
+    }
+    rows: Sequence[Row[Any]] = _run(session, _CLAIM, params).all()
+    return rows
+
+
+def _complete(tenant: TenantPredicate, by_worker: bool, by_fence: bool) -> Executable:
+    conditions = [_items.c.id == bindparam("p_id"), _items.c.status == CLAIMED, *tenant(_items)]
+    if by_worker:
+        conditions.append(_items.c.worker_id == bindparam("p_worker"))
+    if by_fence:
+        conditions.append(_items.c.lease_fence == bindparam("p_fence", type_=BigInteger))
+    return (
+        update(_items)
+        .where(*conditions)
+        .values(
+            status=literal_column("'completed'"),
+            lease_expires_at=None,
+            updated_at=bindparam("p_now", type_=UTCDateTime()),
+        )
+        .returning(_items.c.id)
+    )
+
+
+_COMPLETE = {
+    (by_worker, by_fence): _variants(
+        lambda tenant, w=by_worker, f=by_fence: _complete(tenant, w, f)  # type: ignore[misc]
+    )
+    for by_worker in (False, True)
+    for by_fence in (False, True)
+}
+
+
+def complete_claimed(
+    session: Session,
+    item_id: uuid.UUID,
+    worker_id: str | None,
+    lease_fence: int | None,
+    now: datetime,
+) -> bool:
+    """Complete a claimed item held by ``worker_id`` / ``lease_fence`` (when given) in one
+    conditional UPDATE; ``False`` if it is not claimed or not held that way."""
+    variants = _COMPLETE[(worker_id is not None, lease_fence is not None)]
+    params: dict[str, Any] = {"p_id": item_id, "p_now": now}
+    if worker_id is not None:
+        params["p_worker"] = worker_id
+    if lease_fence is not None:
+        params["p_fence"] = lease_fence
+    return _run(session, variants, params).first() is not None

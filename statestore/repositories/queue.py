@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, literal_column, or_, select, update
 from sqlalchemy.orm import Session
 
+from statestore.db import queries
 from statestore.db.schema import ExecutionRow, WorkItemRow
 from statestore.errors import (
     InvalidTransitionError,
@@ -47,10 +48,8 @@ RECLAIM_BATCH = 500
 LEASE_EXPIRED = "lease expired"
 _NO_SYNC = {"synchronize_session": False}
 
-# Literals, not bound parameters: PostgreSQL then plans the claim on the partial index
-# (a bound status makes a generic plan skip it).
-_PENDING: ColumnElement[str] = literal_column("'pending'")
-_CLAIMED: ColumnElement[str] = literal_column("'claimed'")
+_PENDING = queries.PENDING
+_CLAIMED = queries.CLAIMED
 
 
 def backoff(attempt: int) -> timedelta:
@@ -58,7 +57,8 @@ def backoff(attempt: int) -> timedelta:
     return timedelta(seconds=2 ** min(max(attempt, 0), 6))
 
 
-def item_from_row(row: WorkItemRow) -> WorkItem:
+def item_from_row(row: Any) -> WorkItem:
+    """A model from an ORM row or a Core row of ``work_items``."""
     return WorkItem(
         id=row.id,
         execution_id=row.execution_id,
@@ -79,7 +79,7 @@ def item_from_row(row: WorkItemRow) -> WorkItem:
     )
 
 
-def _claim_order(row: WorkItemRow) -> tuple[int, datetime, str]:
+def _claim_order(row: Any) -> tuple[int, datetime, str]:
     return (-row.priority, row.created_at, str(row.id))
 
 
@@ -148,43 +148,14 @@ class QueueRepository(Repository):
     def claim(
         self, session: Session, worker_id: str, queue_types: Sequence[str], limit: int
     ) -> list[WorkItem]:
-        """One statement: ``WITH eligible AS MATERIALIZED (SELECT … ORDER BY priority DESC,
-        created_at LIMIT n FOR UPDATE SKIP LOCKED) UPDATE … WHERE id IN (SELECT id FROM
-        eligible) RETURNING …``. The CTE is evaluated exactly once: as a plain ``IN``
-        subquery PostgreSQL may re-scan it, and each re-scan with SKIP LOCKED finds other
-        rows, claiming more than ``n``. SQLite ignores the row lock; its writer holds the
-        database write lock."""
+        """Lease up to ``limit`` due pending items in one statement
+        (:func:`statestore.db.queries.claim_items`); returned in claim order."""
         worker_id = check_identifier("worker_id", worker_id)
         types = self._queue_types(queue_types)
         limit = check_int("limit", limit, minimum=1, maximum=MAX_CLAIM)
         now = self.context.now()
-        eligible = (
-            select(WorkItemRow.id)
-            .where(
-                WorkItemRow.status == _PENDING,
-                WorkItemRow.queue_type.in_(types),
-                WorkItemRow.available_at <= now,
-            )
-            .order_by(WorkItemRow.priority.desc(), WorkItemRow.created_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-            .cte("eligible")
-            .prefix_with("MATERIALIZED")
-        )
-        rows = session.scalars(
-            update(WorkItemRow)
-            .where(WorkItemRow.id.in_(select(eligible.c.id)), WorkItemRow.status == _PENDING)
-            .values(
-                status=WorkItemStatus.CLAIMED.value,
-                worker_id=worker_id,
-                lease_expires_at=now + self.context.lease_duration,
-                attempt=WorkItemRow.attempt + 1,
-                lease_fence=WorkItemRow.lease_fence + 1,
-                updated_at=now,
-            )
-            .returning(WorkItemRow)
-            .execution_options(**_NO_SYNC)
-        ).all()
+        expires = now + self.context.lease_duration
+        rows = queries.claim_items(session, worker_id, types, limit, now, expires)
         return [item_from_row(row) for row in sorted(rows, key=_claim_order)]
 
     def renew(
@@ -230,10 +201,15 @@ class QueueRepository(Repository):
         worker_id: str | None,
         lease_fence: int | None,
     ) -> None:
-        row = self._locked(session, check_uuid("item_id", item_id))
+        item_id = check_uuid("item_id", item_id)
+        worker_id = check_optional_identifier("worker_id", worker_id)
+        fence = check_optional_int("lease_fence", lease_fence, minimum=0)
+        if queries.complete_claimed(session, item_id, worker_id, fence, self.context.now()):
+            return  # the common case: one conditional UPDATE
+        row = session.get(WorkItemRow, item_id)
         if row is None:
             raise NotFoundError(f"work item {item_id} not found")
-        self._settle_complete(row, worker_id, lease_fence)
+        self._settle_complete(row, worker_id, fence)  # a repeat (no-op) or LeaseLostError
 
     def complete_many(self, session: Session, items: Sequence[WorkItem]) -> list[bool]:
         if isinstance(items, str | bytes) or not isinstance(items, Sequence):
