@@ -1,0 +1,92 @@
+"""The database unavailable: a clear typed error with a one-line cause, within the
+configured timeout, and recovery once the database is back."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from statestore import (
+    ConfigurationError,
+    DatabaseError,
+    StateStore,
+    StateStoreError,
+    Tenant,
+    WorkflowExecution,
+)
+
+LOCKER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.readline()  # hold the lock until told to go
+conn.execute("ROLLBACK")
+"""
+
+
+async def test_sqlite_file_locked_by_another_process_past_the_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "locked.db"
+    url = f"sqlite:///{path}"
+    store = await StateStore.open(url, busy_timeout=0.5)
+    try:
+        await store.create_tenant(Tenant(id="before", name="before"))
+        locker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            LOCKER,
+            str(path),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert locker.stdout is not None and locker.stdin is not None
+        assert (await locker.stdout.readline()).strip() == b"locked"
+
+        started = time.monotonic()
+        with pytest.raises(DatabaseError) as caught:
+            await store.create_execution(WorkflowExecution(workflow_id="w", workflow_version="1"))
+        waited = time.monotonic() - started
+        assert 0.4 <= waited < 5, waited  # the busy timeout, not a hang
+        assert "locked" in str(caught.value) and "\n" not in str(caught.value)
+
+        locker.stdin.write(b"go\n")
+        await locker.stdin.drain()
+        await locker.wait()
+        # the store recovers as soon as the lock is gone
+        await store.create_tenant(Tenant(id="after", name="after"))
+        assert [t.id for t in await store.list_tenants()] == ["after", "before", "default"]
+    finally:
+        await store.close()
+
+
+async def test_sqlite_path_that_cannot_be_a_folder_is_a_configuration_error(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the folder should be")
+    with pytest.raises(ConfigurationError) as caught:
+        await StateStore.open(f"sqlite:///{blocker / 'state.db'}")
+    assert "\n" not in str(caught.value) and str(blocker) in str(caught.value)
+
+
+async def test_sqlite_file_that_is_not_a_database(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not an SQLite database" * 100)
+    with pytest.raises(StateStoreError) as caught:
+        await StateStore.open(f"sqlite:///{junk}")
+    assert isinstance(caught.value, DatabaseError)
+    assert "\n" not in str(caught.value)
+
+
+async def test_unreachable_postgres_host_fails_within_the_connect_timeout() -> None:
+    started = time.monotonic()
+    with pytest.raises(DatabaseError):
+        # 127.0.0.2 port 9: nothing listens; refused at once, never a hang
+        await StateStore.open("postgresql://postgres@127.0.0.2:9/none")
+    assert time.monotonic() - started < 12
