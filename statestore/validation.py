@@ -101,12 +101,17 @@ def check_datetime(name: str, value: object) -> datetime:
     return value
 
 
+MAX_DURATION = timedelta(days=365 * 100)
+
+
 def check_timedelta(name: str, value: object) -> timedelta:
-    """A non-negative timedelta."""
+    """A non-negative timedelta of at most 100 years (so that "now + value" stays a date)."""
     if not isinstance(value, timedelta):
         raise ValidationError(f"{name} must be a timedelta, got {type(value).__name__}")
     if value < timedelta(0):
         raise ValidationError(f"{name} must not be negative")
+    if value > MAX_DURATION:
+        raise ValidationError(f"{name} must be at most {MAX_DURATION.days} days")
     return value
 
 
