@@ -21,8 +21,11 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
+# Volume runs: property-test, crash and fuzz volume (slow-marked tests included).
 test-slow: install
-	$(BIN)/python -m pytest -m slow
+	STATESTORE_CRASH_ROUNDS=20 STATESTORE_FUZZ_EXAMPLES=2000 STATESTORE_PROPERTY_EXAMPLES=1000 \
+		$(BIN)/python -m pytest -m "slow or not slow" tests/test_crash.py tests/test_fuzz_api.py \
+		tests/test_tenant_isolation.py tests/test_group_commit.py
 
 lint: install
 	$(BIN)/python -m ruff check .
