@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from conftest import T0, Clock
 from sqlalchemy import text
 
 from statestore import (
@@ -42,7 +43,6 @@ from statestore import (
 )
 
 StoreFactory = Callable[..., Awaitable[StateStore]]
-T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 ALL_TYPED_KINDS: list[BaseEventKind] = [
     WorkflowStarted(workflow_id="wf", workflow_version="1", initial_input={"a": 1}),
@@ -76,14 +76,6 @@ ALL_TYPED_KINDS: list[BaseEventKind] = [
     ChildWorkflowCompleted(node_id="n6", child_execution_id="c1", output={"r": 1}),
     ChildWorkflowFailed(node_id="n6", child_execution_id="c1", error="x"),
 ]
-
-
-class Clock:
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 async def count_events(store: StateStore) -> int:

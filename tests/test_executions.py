@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
+from conftest import T0, Clock
 
 from statestore import (
     ConflictError,
@@ -19,21 +20,8 @@ from statestore import (
 )
 
 StoreFactory = Callable[..., Awaitable[StateStore]]
-T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 TERMINAL = [s for s in WorkflowStatus if s.is_terminal]
 ACTIVE = [s for s in WorkflowStatus if s.is_active]
-
-
-class Clock:
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> datetime:
-        self.now += timedelta(seconds=seconds)
-        return self.now
 
 
 def new_execution(workflow_id: str = "wf", **kw: object) -> WorkflowExecution:

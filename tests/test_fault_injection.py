@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from conftest import T0, Clock
 from sqlalchemy import Engine, event, inspect, text
 
 from statestore import (
@@ -24,16 +25,6 @@ from statestore import (
     WorkItem,
 )
 from statestore.db.runner import SqliteRunner
-
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def write_engine(store: StateStore) -> Engine:

@@ -6,11 +6,12 @@ import asyncio
 import json
 import sys
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import T0, Clock
 from sqlalchemy import event, insert
 
 from statestore import (
@@ -27,25 +28,6 @@ from statestore import (
 from statestore.db.schema import WorkItemRow
 
 WORKER = Path(__file__).with_name("queue_worker.py")
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

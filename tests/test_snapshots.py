@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
+from conftest import T0, Clock
 from sqlalchemy import text
 
 from statestore import NotFoundError, Snapshot, StateStore, Tenant, WorkflowExecution
 
 StoreFactory = Callable[..., Awaitable[StateStore]]
-T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 async def count_snapshots(store: StateStore) -> int:

@@ -4,9 +4,10 @@ made before new work (suspended, unknown, limits)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
+from conftest import T0, Clock
 from sqlalchemy import text
 
 from statestore import (
@@ -29,17 +30,8 @@ from statestore import (
 from statestore.errors import ConflictError
 
 StoreFactory = Callable[..., Awaitable[StateStore]]
-T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 BAD_IDS = ["", "a" * 65, "has space", "a/b", "tenänt", "t\x00", "tab\t", "emoji😀"]
 BAD_ID_NAMES = ["empty", "65-chars", "space", "slash", "non-ascii", "nul", "tab", "emoji"]
-
-
-class Clock:
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 async def count(store: StateStore, table: str) -> int:

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
+from conftest import T0, Clock
 
 from statestore import ConflictError, StateStore, Tenant, WorkflowDefinition
 
 StoreFactory = Callable[..., Awaitable[StateStore]]
-T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 def defn(workflow_id: str = "wf", version: str = "1", ir: object = None, **kw: object):
