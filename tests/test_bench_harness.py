@@ -7,7 +7,20 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-OPERATIONS = {"append_event", "get_events", "create_execution", "get_execution"}
+# (operation, callers) of every SQLite row.
+SQLITE_ROWS = {
+    ("append_event", 1),
+    ("append_event", 16),
+    ("append_event (FULL)", 16),
+    ("get_events", 1),
+    ("create_execution", 1),
+    ("get_execution", 1),
+    ("claim+complete", 1),
+    ("claim+complete", 16),
+    ("claim+complete x100", 1),
+    ("validate_token", 1),
+}
+NUMBER_COLUMNS = ("store ops/s", "store p99 µs", "raw ops/s", "raw p99 µs")
 
 
 def table_rows(output: str) -> list[list[str]]:
@@ -20,6 +33,10 @@ def table_rows(output: str) -> list[list[str]]:
         if cells[0] != "backend":
             rows.append(cells)
     return rows
+
+
+def number(text: str) -> float:
+    return float(text.replace(",", ""))
 
 
 def test_quick_sqlite_run_prints_the_table(tmp_path: Path) -> None:
@@ -44,26 +61,44 @@ def test_quick_sqlite_run_prints_the_table(tmp_path: Path) -> None:
 
     header = next(line for line in result.stdout.splitlines() if line.startswith("| backend"))
     columns = [cell.strip() for cell in header.strip().strip("|").split("|")]
-    assert columns[:8] == [
+    assert columns == [
         "backend",
         "operation",
+        "callers",
         "store ops/s",
         "store p50 µs",
         "store p99 µs",
         "raw ops/s",
         "raw p50 µs",
+        "raw p99 µs",
         "ratio",
+        "gc ops/s",
+        "gc ratio",
+        "sync sqlite3 ops/s",
     ]
 
     rows = table_rows(result.stdout)
     assert {row[0] for row in rows} == {"sqlite"}
-    assert sorted(row[1] for row in rows) == sorted(OPERATIONS)
+    found = [(row[1], int(row[2])) for row in rows]
+    assert sorted(found) == sorted(SQLITE_ROWS)
     for row in rows:
-        ratio = float(row[columns.index("ratio")])
-        assert ratio > 0, row
-        for column in ("store ops/s", "raw ops/s", "sync sqlite3 ops/s"):
-            assert float(row[columns.index(column)].replace(",", "")) > 0, row
+        values = dict(zip(columns, row, strict=True))
+        assert number(values["ratio"]) > 0, row
+        for column in NUMBER_COLUMNS:
+            assert number(values[column]) > 0, row
+        if values["callers"] == "1":
+            # One caller: the synchronous sqlite3 reference, no group-commit layer.
+            assert number(values["sync sqlite3 ops/s"]) > 0, row
+            assert values["gc ops/s"] == values["gc ratio"] == "-", row
+        else:
+            # Concurrent callers: raw group commit beside one transaction per call.
+            assert number(values["gc ops/s"]) > 0 and number(values["gc ratio"]) > 0, row
+            assert values["sync sqlite3 ops/s"] == "-", row
 
     document = written.read_text(encoding="utf-8")
     assert "--quick --only sqlite" in document
     assert "| backend" in document and "## Where we stand" in document
+    for operation, _callers in SQLITE_ROWS:
+        assert f"| {operation} " in document, operation
+    for cell in ("**claim+complete**", "**claim+complete x100**", "**validate_token**"):
+        assert cell in document, cell
