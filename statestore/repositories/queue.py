@@ -217,17 +217,16 @@ class QueueRepository(Repository):
         if len(items) > MAX_CLAIM:
             raise ValidationError(f"at most {MAX_CLAIM} items per call")
         models = [coerce_model("item", WorkItem, item) for item in items]
-        rows = {
-            row.id: row
-            for row in session.scalars(
-                select(WorkItemRow)
-                .where(WorkItemRow.id.in_([m.id for m in models]))
-                .with_for_update()
-            )
-        }
+        for model in models:
+            check_optional_identifier("worker_id", model.worker_id)
+            check_int("lease_fence", model.lease_fence, minimum=0)
+        now = self.context.now()
         results = []
         for model in models:
-            row = rows.get(model.id)
+            if queries.complete_claimed(session, model.id, model.worker_id, model.lease_fence, now):
+                results.append(True)
+                continue
+            row = session.get(WorkItemRow, model.id)  # explain: a repeat, or a lost lease
             try:
                 if row is None:
                     raise LeaseLostError(f"work item {model.id} not found")
