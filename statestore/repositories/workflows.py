@@ -58,6 +58,8 @@ class WorkflowRepository(Repository):
 
         limit = tenant_limits(tenant).max_workflows
         if limit is not None:
+            # Re-read the tenant under a row lock: concurrent creates at the limit serialise.
+            require_active_tenant(session, tenant_id, lock=True)
             self._check_workflow_limit(session, tenant_id, workflow_id, limit)
         session.add(
             WorkflowDefinitionRow(
