@@ -4,8 +4,12 @@ configured timeout, and recovery once the database is back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -90,3 +94,43 @@ async def test_unreachable_postgres_host_fails_within_the_connect_timeout() -> N
         # 127.0.0.2 port 9: nothing listens; refused at once, never a hang
         await StateStore.open("postgresql://postgres@127.0.0.2:9/none")
     assert time.monotonic() - started < 12
+
+
+@contextlib.contextmanager
+def bind_mount(source: Path, target: Path) -> Iterator[Callable[[bool], None]]:
+    """Bind-mount ``source`` on ``target``; yields a function switching it read-only or
+    read-write. Needs root (CI runs as root); elsewhere the test cannot run."""
+    target.mkdir()
+    done = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True)
+    if done.returncode != 0:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI must be able to bind-mount: {done.stderr.decode().strip()}")
+        pytest.skip("bind mounts need root")
+
+    def read_only(flag: bool) -> None:
+        mode = "remount,ro,bind" if flag else "remount,rw,bind"
+        subprocess.run(["mount", "-o", mode, str(target)], check=True)
+
+    try:
+        yield read_only
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+
+
+async def test_sqlite_on_a_read_only_file_system(tmp_path: Path) -> None:
+    source = tmp_path / "data"
+    source.mkdir()
+    with bind_mount(source, tmp_path / "mnt") as read_only:
+        url = f"sqlite:///{tmp_path / 'mnt' / 'state.db'}"
+        async with await StateStore.open(url) as store:
+            await store.create_tenant(Tenant(id="before", name="before"))
+        read_only(True)
+        with pytest.raises(DatabaseError) as caught:  # cannot open it for writing
+            await StateStore.open(url)
+        assert "\n" not in str(caught.value)
+        with pytest.raises(ConfigurationError):  # nor create a folder there
+            await StateStore.open(f"sqlite:///{tmp_path / 'mnt' / 'sub' / 'x.db'}")
+        read_only(False)
+        async with await StateStore.open(url) as store:  # back: nothing lost, writes work
+            await store.create_tenant(Tenant(id="after", name="after"))
+            assert [t.id for t in await store.list_tenants()] == ["after", "before", "default"]
