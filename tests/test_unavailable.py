@@ -134,3 +134,64 @@ async def test_sqlite_on_a_read_only_file_system(tmp_path: Path) -> None:
         async with await StateStore.open(url) as store:  # back: nothing lost, writes work
             await store.create_tenant(Tenant(id="after", name="after"))
             assert [t.id for t in await store.list_tenants()] == ["after", "before", "default"]
+
+
+CAN_RESTART_POSTGRES = os.path.isdir("/etc/postgresql") and os.geteuid() == 0
+
+
+def _pg_cluster(action: str) -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(
+        [
+            "pg_ctlcluster",
+            "--skip-systemctl-redirect",
+            version,
+            "main",
+            action,
+            *(["-m", "fast"] if action == "stop" else []),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+async def _wait_for_postgres(url: str) -> None:
+    for _ in range(60):
+        try:
+            async with await StateStore.connect(url) as probe:
+                await probe.list_tenants()
+            return
+        except DatabaseError:
+            await asyncio.sleep(0.5)
+    pytest.fail("PostgreSQL did not come back")
+
+
+async def test_postgres_stopped_then_started_again(pg_database: str) -> None:
+    """The server goes away under a live store: calls fail fast with DatabaseError (a one-line
+    cause), and the same store works again once the server is back."""
+    if not CAN_RESTART_POSTGRES:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI must be able to stop and start the local PostgreSQL")
+        pytest.skip("needs root and a local PostgreSQL cluster")
+    from conftest import reset_pg
+
+    await reset_pg(pg_database)
+    store = await StateStore.connect(pg_database)
+    try:
+        await store.create_tenant(Tenant(id="before", name="before"))
+        _pg_cluster("stop")
+        try:
+            for _ in range(2):  # the dead pooled connection, then a refused new one
+                started = time.monotonic()
+                with pytest.raises(DatabaseError) as caught:
+                    await store.create_tenant(Tenant(id="during", name="during"))
+                assert time.monotonic() - started < 12
+                assert "\n" not in str(caught.value)
+        finally:
+            _pg_cluster("start")
+            await _wait_for_postgres(pg_database)
+        await store.create_tenant(Tenant(id="after", name="after"))
+        assert [t.id for t in await store.list_tenants()] == ["after", "before", "default"]
+    finally:
+        await store.close()
