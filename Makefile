@@ -23,7 +23,7 @@ test: install
 
 # Volume runs: property-test, crash and fuzz volume (slow-marked tests included).
 test-slow: install
-	STATESTORE_CRASH_ROUNDS=20 STATESTORE_FUZZ_EXAMPLES=2000 STATESTORE_PROPERTY_EXAMPLES=1000 \
+	STATESTORE_CRASH_ROUNDS=20 STATESTORE_FUZZ_EXAMPLES=2000 \
 		$(BIN)/python -m pytest -m "slow or not slow" tests/test_crash.py tests/test_fuzz_api.py \
 		tests/test_tenant_isolation.py tests/test_group_commit.py
 
