@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
@@ -392,6 +392,22 @@ class StateStore:
     ) -> list[Event]:
         """Events with sequence greater than ``since``, ascending, at most ``limit``."""
         return await self._read(self.events.since, execution_id, since, limit)
+
+    async def iter_events(
+        self, execution_id: uuid.UUID | str, since: int = 0, *, batch: int = 1000
+    ) -> AsyncIterator[Event]:
+        """Stream the events with sequence greater than ``since``, ascending, reading ``batch``
+        (1..10000) at a time by sequence, so memory stays flat however long the history.
+        Events appended while iterating are included."""
+        check_int("batch", batch, minimum=1, maximum=10_000)
+        cursor = since
+        while True:
+            page = await self.get_events_since(execution_id, cursor, limit=batch)
+            for event in page:
+                yield event
+            if len(page) < batch:
+                return
+            cursor = page[-1].sequence
 
     async def latest_sequence(self, execution_id: uuid.UUID | str) -> int:
         """The latest sequence of an execution (0 if none or unknown)."""
