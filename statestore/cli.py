@@ -117,6 +117,11 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) ->
     return table
 
 
+def _scoped(store: StateStore, tenant_id: str | None) -> StateStore:
+    """The store confined to ``--tenant``, or the unscoped store when none was given."""
+    return store.for_tenant(tenant_id) if tenant_id else store
+
+
 def _time(value: Any) -> str:
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
@@ -252,7 +257,7 @@ async def tokens_create(
     store: StateStore, name: str, role: str, tenant_id: str | None, expires_in: int | None
 ) -> None:
     """Create a token; the plaintext is printed once and never stored."""
-    scoped = store.for_tenant(tenant_id) if tenant_id else store
+    scoped = _scoped(store, tenant_id)
     lifetime = None if expires_in is None else timedelta(seconds=expires_in)
     token, record = await scoped.create_token(name, role, expires_in=lifetime)
     emit(
@@ -267,7 +272,7 @@ async def tokens_create(
 @with_store
 async def tokens_list(store: StateStore, tenant_id: str | None) -> None:
     """List tokens (all tenants unless --tenant)."""
-    scoped = store.for_tenant(tenant_id) if tenant_id else store
+    scoped = _scoped(store, tenant_id)
     items = await scoped.list_tokens()
     emit(
         items,
@@ -316,7 +321,7 @@ async def executions_list(
     store: StateStore, status: str | None, tenant_id: str | None, limit: int
 ) -> None:
     """List executions, most recently updated first."""
-    scoped = store.for_tenant(tenant_id) if tenant_id else store
+    scoped = _scoped(store, tenant_id)
     items = await scoped.list_executions(status, limit)
     emit(
         items,

@@ -196,9 +196,9 @@ class _RunState:
             self.finished_at = time.perf_counter()
         if self.progress is not None:
             self.progress(self.completed, self.total)
-        self._check()
+        self.check_done()
 
-    def _check(self) -> None:
+    def check_done(self) -> None:
         if self.completed >= self.total and self.poison_dead:
             self.done.set()
 
@@ -283,11 +283,11 @@ async def _reclaim_loop(store: StateStore, state: _RunState) -> None:
             for item in reclaimed.exhausted:
                 if item.node_id == "poison":
                     state.poison_dead = True
-            state._check()
+            state.check_done()
         if not state.poison_dead:
             letters = await store.list_dead_letters(limit=10)
             state.poison_dead = any(d.item.node_id == "poison" for d in letters)
-            state._check()
+            state.check_done()
         await asyncio.sleep(0.25)
 
 

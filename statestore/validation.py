@@ -8,7 +8,6 @@ inputs and behave the same (PostgreSQL refuses NUL in text, SQLite would store i
 from __future__ import annotations
 
 import json
-import math
 import re
 import uuid
 from datetime import datetime, timedelta
@@ -161,12 +160,6 @@ def _has_only_str_keys(value: object) -> bool:
         elif isinstance(item, list | tuple):
             stack.extend(item)
     return True
-
-
-def check_finite(name: str, value: float) -> float:
-    if not math.isfinite(value):
-        raise ValidationError(f"{name} must be a finite number")
-    return value
 
 
 def coerce_model(name: str, model_type: type[M], value: object) -> M:

@@ -172,6 +172,7 @@ _items: Table = WorkItemRow.__table__  # type: ignore[assignment]
 # (a bound status makes a generic plan skip it).
 PENDING: ColumnElement[str] = literal_column("'pending'")
 CLAIMED: ColumnElement[str] = literal_column("'claimed'")
+DEAD_LETTERED: ColumnElement[str] = literal_column("'dead_lettered'")
 
 
 def _claim(tenant: TenantPredicate) -> Executable:

@@ -12,6 +12,9 @@ from statestore.db.tenancy import Scope
 from statestore.errors import ConfigurationError, TenantError
 from statestore.validation import check_tenant_id
 
+NO_SYNC = {"synchronize_session": False}
+"""Execution options of ORM-enabled UPDATEs: the session holds no objects to synchronise."""
+
 
 @dataclass(frozen=True)
 class StoreContext:

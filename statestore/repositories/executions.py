@@ -23,7 +23,7 @@ from statestore.models import (
     WorkflowStatus,
     WorkItemStatus,
 )
-from statestore.repositories.base import Repository
+from statestore.repositories.base import NO_SYNC, Repository
 from statestore.repositories.tenants import require_active_tenant, tenant_limits
 from statestore.validation import (
     check_enum,
@@ -37,7 +37,6 @@ from statestore.validation import (
 )
 
 MAX_LIST_LIMIT = 1000
-_NO_SYNC = {"synchronize_session": False}
 
 
 def execution_from_row(row: Any) -> WorkflowExecution:
@@ -159,7 +158,7 @@ class ExecutionRepository(Repository):
                 lease_expires_at=None,
                 updated_at=self.context.now(),
             )
-            .execution_options(**_NO_SYNC)
+            .execution_options(**NO_SYNC)
         )
 
     def update_current_state(
@@ -171,7 +170,7 @@ class ExecutionRepository(Repository):
             update(ExecutionRow)
             .where(ExecutionRow.id == execution_id)
             .values(current_state=state, updated_at=self.context.now())
-            .execution_options(**_NO_SYNC)
+            .execution_options(**NO_SYNC)
         )
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise NotFoundError(f"execution {execution_id} not found")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, literal_column, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from statestore.db import queries
@@ -27,7 +27,7 @@ from statestore.errors import (
     ValidationError,
 )
 from statestore.models import DeadLetter, WorkflowStatus, WorkItem, WorkItemStatus
-from statestore.repositories.base import Repository
+from statestore.repositories.base import NO_SYNC, Repository
 from statestore.repositories.tenants import require_active_tenant
 from statestore.validation import (
     check_identifier,
@@ -46,10 +46,6 @@ MAX_PRIORITY = 2**31 - 1
 MAX_ERROR_LENGTH = 64 * 1024
 RECLAIM_BATCH = 500
 LEASE_EXPIRED = "lease expired"
-_NO_SYNC = {"synchronize_session": False}
-
-_PENDING = queries.PENDING
-_CLAIMED = queries.CLAIMED
 
 
 def backoff(attempt: int) -> timedelta:
@@ -172,7 +168,7 @@ class QueueRepository(Repository):
         expires = now + self.context.lease_duration
         conditions = [
             WorkItemRow.id == item_id,
-            WorkItemRow.status == _CLAIMED,
+            WorkItemRow.status == queries.CLAIMED,
             WorkItemRow.worker_id == worker_id,
             WorkItemRow.lease_expires_at > now,
         ]
@@ -183,7 +179,7 @@ class QueueRepository(Repository):
             .where(*conditions)
             .values(lease_expires_at=expires, updated_at=now)
             .returning(WorkItemRow.id)
-            .execution_options(**_NO_SYNC)
+            .execution_options(**NO_SYNC)
         ).first()
         if renewed is None:
             self._require_exists(session, item_id)
@@ -239,13 +235,13 @@ class QueueRepository(Repository):
     def _settle_complete(
         self, row: WorkItemRow, worker_id: str | None, lease_fence: int | None
     ) -> None:
-        worker_id = check_optional_identifier("worker_id", worker_id)
-        fence = check_optional_int("lease_fence", lease_fence, minimum=0)
+        """Complete through the ORM row, or say why not: a repeat by the same lease is a
+        no-op, a lost lease raises LeaseLostError. The caller validated the arguments."""
         if row.status == WorkItemStatus.COMPLETED.value:
-            self._check_holder(row, worker_id, fence)  # a repeat by the same lease: no-op
+            self._check_holder(row, worker_id, lease_fence)
             return
         self._require_claimed(row)
-        self._check_holder(row, worker_id, fence)
+        self._check_holder(row, worker_id, lease_fence)
         row.status = WorkItemStatus.COMPLETED.value
         row.lease_expires_at = None
         row.updated_at = self.context.now()
@@ -303,7 +299,7 @@ class QueueRepository(Repository):
                 WorkItemRow.max_attempts,
                 WorkItemRow.lease_fence,
             )
-            .where(WorkItemRow.status == _CLAIMED, WorkItemRow.lease_expires_at <= now)
+            .where(WorkItemRow.status == queries.CLAIMED, WorkItemRow.lease_expires_at <= now)
             .order_by(WorkItemRow.lease_expires_at)
             .limit(batch)
             .with_for_update(skip_locked=True)
@@ -351,12 +347,12 @@ class QueueRepository(Repository):
             .where(
                 WorkItemRow.id.in_([item_id for item_id, _ in keys]),
                 or_(*fence_matches),
-                WorkItemRow.status == _CLAIMED,
+                WorkItemRow.status == queries.CLAIMED,
                 WorkItemRow.lease_expires_at <= now,
             )
             .values(lease_expires_at=None, updated_at=now, **values)
             .returning(WorkItemRow)
-            .execution_options(**_NO_SYNC)
+            .execution_options(**NO_SYNC)
         ).all()
         return [item_from_row(row) for row in sorted(rows, key=lambda r: str(r.id))]
 
@@ -384,7 +380,7 @@ class QueueRepository(Repository):
         offset = check_int("offset", offset, minimum=0)
         rows = session.scalars(
             select(WorkItemRow)
-            .where(WorkItemRow.status == literal_column("'dead_lettered'"))
+            .where(WorkItemRow.status == queries.DEAD_LETTERED)
             .order_by(WorkItemRow.dead_lettered_at.desc(), WorkItemRow.id)
             .limit(limit)
             .offset(offset)
