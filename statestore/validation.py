@@ -125,6 +125,14 @@ def check_enum(name: str, enum_type: type[E], value: object) -> E:
 
 def check_json(name: str, value: object, max_bytes: int) -> Any:
     """Real JSON (no NaN/Infinity, str keys), no NUL or lone surrogates, at most ``max_bytes``."""
+    json_text(name, value, max_bytes)
+    return value
+
+
+def json_text(name: str, value: object, max_bytes: int, *, keys_checked: bool = False) -> str:
+    """:func:`check_json`, returning the JSON text: the exact text the database driver would
+    be given (the engines' ``json_serializer``), so it can be bound as is.
+    ``keys_checked``: the caller already ran :func:`check_str_keys` on the value."""
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError) as exc:
@@ -137,8 +145,9 @@ def check_json(name: str, value: object, max_bytes: int) -> Any:
         raise ValidationError(f"{name} must not contain lone surrogates") from None
     if size > max_bytes:
         raise ValidationError(f"{name} is {size} bytes of JSON; the limit is {max_bytes}")
-    check_str_keys(name, value)
-    return value
+    if not keys_checked:
+        check_str_keys(name, value)
+    return text
 
 
 def check_str_keys(name: str, value: object) -> None:

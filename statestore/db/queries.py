@@ -2,8 +2,9 @@
 
 The ORM layer costs 2-4x the Core statement on these small statements (building the
 statement, the ORM-enabled execution path and its bulk-persistence bookkeeping on every
-call). Each statement here is built once per tenant mode and executed on the session's
-connection with fresh parameters.
+call), and SQLAlchemy's execution machinery costs as much again as the driver. Each
+statement here is built once per tenant mode, compiled once per dialect, and run on the
+session connection's DBAPI cursor with fresh parameters (:mod:`statestore.db.driver`).
 
 The session-level tenant filter does not see Core statements, so this module is the one
 reviewed place where the tenant predicate is written by hand: every function takes the
@@ -22,8 +23,8 @@ from typing import Any, NamedTuple
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Connection,
     Executable,
-    Row,
     Table,
     bindparam,
     insert,
@@ -33,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from statestore.db.driver import DriverStatement
 from statestore.db.schema import EventRow, ExecutionRow, WorkItemRow
 from statestore.db.tenancy import session_scope
 from statestore.db.types import UTCDateTime
@@ -42,8 +44,8 @@ _events: Table = EventRow.__table__  # type: ignore[assignment]
 
 
 class _Variants(NamedTuple):
-    all_tenants: Executable
-    one_tenant: Executable
+    all_tenants: DriverStatement
+    one_tenant: DriverStatement
 
 
 TenantPredicate = Callable[[Table], list[ColumnElement[bool]]]
@@ -59,14 +61,27 @@ def _variants(build: Callable[[TenantPredicate], Executable]) -> _Variants:
     def one_tenant(table: Table) -> list[ColumnElement[bool]]:
         return [table.c.tenant_id == bindparam("p_tenant")]
 
-    return _Variants(build(no_tenant), build(one_tenant))
+    return _Variants(DriverStatement(build(no_tenant)), DriverStatement(build(one_tenant)))
 
 
-def _run(session: Session, variants: _Variants, params: dict[str, Any]) -> Any:
+def _connection(session: Session) -> Connection:
+    # The SQLite runner binds each session to the connection whose transaction it opened;
+    # asking the session for it would begin (and later close) a session transaction.
+    bind = session.bind
+    if isinstance(bind, Connection):
+        return bind
+    return session.connection()
+
+
+def _run(session: Session, variants: _Variants, params: dict[str, Any]) -> list[Any]:
     tenant_id = session_scope(session).tenant_id
     if tenant_id is None:
-        return session.connection().execute(variants.all_tenants, params)
-    return session.connection().execute(variants.one_tenant, {**params, "p_tenant": tenant_id})
+        return variants.all_tenants.execute(_connection(session), params)
+    return variants.one_tenant.execute(_connection(session), {**params, "p_tenant": tenant_id})
+
+
+def _first(rows: list[Any]) -> Any:
+    return rows[0] if rows else None
 
 
 _RESERVE = _variants(
@@ -79,23 +94,27 @@ _RESERVE = _variants(
 )
 
 
-def reserve_sequences(
-    session: Session, execution_id: uuid.UUID, count: int
-) -> Row[tuple[int, str]] | None:
-    """Bump an execution's ``last_sequence`` by ``count``; returns (new last_sequence,
-    tenant_id), or ``None`` if the execution is missing in this scope."""
-    result = _run(session, _RESERVE, {"p_id": execution_id, "p_count": count})
-    row: Row[tuple[int, str]] | None = result.one_or_none()
-    return row
+def reserve_sequences(session: Session, execution_id: uuid.UUID, count: int) -> Any:
+    """Bump an execution's ``last_sequence`` by ``count``; returns the row (last_sequence,
+    tenant_id) with the new value, or ``None`` if the execution is missing in this scope."""
+    return _first(_run(session, _RESERVE, {"p_id": execution_id, "p_count": count}))
 
 
-_INSERT_EVENT = insert(_events)
+_INSERT_EVENT = DriverStatement(
+    insert(_events).values(
+        {column.name: bindparam(column.name, type_=column.type) for column in _events.c}
+    )
+)
 
 
 def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert event rows (their ``tenant_id`` already taken from the execution)."""
+    """Insert event rows (their ``tenant_id`` already taken from the execution). ``kind``
+    may be a :class:`~statestore.db.driver.RawValue` holding the JSON text."""
     session_scope(session)  # fail closed, like every statement of a scoped session
-    session.connection().execute(_INSERT_EVENT, list(rows))
+    if len(rows) == 1:
+        _INSERT_EVENT.execute(_connection(session), rows[0])
+    else:
+        _INSERT_EVENT.execute_many(_connection(session), rows)
 
 
 _EVENT_COLUMNS = (
@@ -123,11 +142,10 @@ NO_LIMIT = 2**62
 
 def select_events(
     session: Session, execution_id: uuid.UUID, since: int, limit: int | None
-) -> Sequence[Row[Any]]:
+) -> list[Any]:
     """Events of an execution with sequence > ``since``, ascending, at most ``limit``."""
     params = {"p_id": execution_id, "p_since": since, "p_limit": limit or NO_LIMIT}
-    rows: Sequence[Row[Any]] = _run(session, _EVENTS_SINCE, params).all()
-    return rows
+    return _run(session, _EVENTS_SINCE, params)
 
 
 _LATEST_SEQUENCE = _variants(
@@ -139,8 +157,8 @@ _LATEST_SEQUENCE = _variants(
 
 def select_latest_sequence(session: Session, execution_id: uuid.UUID) -> int:
     """An execution's latest sequence (0 if missing in this scope)."""
-    latest = _run(session, _LATEST_SEQUENCE, {"p_id": execution_id}).scalar()
-    return int(latest or 0)
+    row = _first(_run(session, _LATEST_SEQUENCE, {"p_id": execution_id}))
+    return 0 if row is None else int(row.last_sequence)
 
 
 _EXECUTION = _variants(
@@ -150,19 +168,23 @@ _EXECUTION = _variants(
 )
 
 
-def select_execution(session: Session, execution_id: uuid.UUID) -> Row[Any] | None:
+def select_execution(session: Session, execution_id: uuid.UUID) -> Any:
     """An execution's row, or ``None`` if missing in this scope."""
-    row: Row[Any] | None = _run(session, _EXECUTION, {"p_id": execution_id}).one_or_none()
-    return row
+    return _first(_run(session, _EXECUTION, {"p_id": execution_id}))
 
 
-_INSERT_EXECUTION = insert(_executions)
+_INSERT_EXECUTION = DriverStatement(
+    insert(_executions).values(
+        {column.name: bindparam(column.name, type_=column.type) for column in _executions.c}
+    )
+)
 
 
 def insert_execution(session: Session, values: dict[str, Any]) -> None:
-    """Insert an execution row (its ``tenant_id`` already resolved by the caller)."""
+    """Insert an execution row (its ``tenant_id`` already resolved by the caller). JSON
+    columns may be :class:`~statestore.db.driver.RawValue` text."""
     session_scope(session)
-    session.connection().execute(_INSERT_EXECUTION, values)
+    _INSERT_EXECUTION.execute(_connection(session), values)
 
 
 # ---------------------------------------------------------------- the queue
@@ -175,12 +197,12 @@ CLAIMED: ColumnElement[str] = literal_column("'claimed'")
 DEAD_LETTERED: ColumnElement[str] = literal_column("'dead_lettered'")
 
 
-def _claim(tenant: TenantPredicate) -> Executable:
+def _claim(tenant: TenantPredicate, type_count: int) -> Executable:
     eligible = (
         select(_items.c.id)
         .where(
             _items.c.status == PENDING,
-            _items.c.queue_type.in_(bindparam("p_types", expanding=True)),
+            _items.c.queue_type.in_([bindparam(f"p_type{i}") for i in range(type_count)]),
             _items.c.available_at <= bindparam("p_now", type_=UTCDateTime()),
             *tenant(_items),
         )
@@ -205,7 +227,15 @@ def _claim(tenant: TenantPredicate) -> Executable:
     )
 
 
-_CLAIM = _variants(_claim)
+_CLAIM: dict[int, _Variants] = {}
+"""Claim statements by number of queue types (at most 100), built on first use."""
+
+
+def _claim_variants(type_count: int) -> _Variants:
+    variants = _CLAIM.get(type_count)
+    if variants is None:  # a race builds it twice; both are equal
+        variants = _CLAIM[type_count] = _variants(lambda tenant: _claim(tenant, type_count))
+    return variants
 
 
 def claim_items(
@@ -215,22 +245,22 @@ def claim_items(
     limit: int,
     now: datetime,
     expires: datetime,
-) -> Sequence[Row[Any]]:
+) -> list[Any]:
     """One statement: ``WITH eligible AS MATERIALIZED (SELECT … ORDER BY priority DESC,
     created_at LIMIT n FOR UPDATE SKIP LOCKED) UPDATE … WHERE id IN (SELECT id FROM eligible)
     RETURNING …``. The CTE is evaluated exactly once: as a plain ``IN`` subquery PostgreSQL
     may re-scan it, and each re-scan with SKIP LOCKED finds other rows, claiming more than
     ``n``. SQLite ignores the row lock (its writer holds the database write lock). Rows come
     back in no particular order."""
-    params = {
-        "p_types": list(queue_types),
+    params: dict[str, Any] = {
         "p_now": now,
         "p_limit": limit,
         "p_worker": worker_id,
         "p_expires": expires,
     }
-    rows: Sequence[Row[Any]] = _run(session, _CLAIM, params).all()
-    return rows
+    for i, queue_type in enumerate(queue_types):
+        params[f"p_type{i}"] = queue_type
+    return _run(session, _claim_variants(len(queue_types)), params)
 
 
 def _complete(tenant: TenantPredicate, by_worker: bool, by_fence: bool) -> Executable:
@@ -275,4 +305,4 @@ def complete_claimed(
         params["p_worker"] = worker_id
     if lease_fence is not None:
         params["p_fence"] = lease_fence
-    return _run(session, variants, params).first() is not None
+    return bool(_run(session, variants, params))

@@ -10,17 +10,18 @@ from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from statestore.db import queries
+from statestore.db.driver import RawValue
 from statestore.errors import NotFoundError, SequenceConflictError, ValidationError
 from statestore.event_kinds import BaseEventKind, load_stored_kind, parse_event_kind
 from statestore.models import Event
 from statestore.repositories.base import Repository
 from statestore.validation import (
     check_int,
-    check_json,
     check_optional_int,
     check_str_keys,
     check_uuid,
     coerce_model,
+    json_text,
 )
 
 MAX_BATCH = 10_000
@@ -42,7 +43,7 @@ class EventRepository(Repository):
 
     def append(self, session: Session, event: Event, expected_sequence: int | None) -> int:
         event = coerce_model("event", Event, event)
-        kind = self._kind_json(event.kind)
+        event_type, kind = self._kind_json(event.kind)
         expected = check_optional_int("expected_sequence", expected_sequence, minimum=0)
         first, tenant_id = self._reserve(session, event.execution_id, 1, expected)
         self.context.check_child_tenant(event, tenant_id)
@@ -54,7 +55,7 @@ class EventRepository(Repository):
                     "tenant_id": tenant_id,
                     "execution_id": event.execution_id,
                     "sequence": first,
-                    "event_type": kind["type"],
+                    "event_type": event_type,
                     "kind": kind,
                     "created_at": self.context.stamp(event, "created_at"),
                 }
@@ -89,20 +90,21 @@ class EventRepository(Repository):
                     "tenant_id": tenant_id,
                     "execution_id": execution_id,
                     "sequence": sequence,
-                    "event_type": payload["type"],
-                    "kind": payload,
+                    "event_type": event_type,
+                    "kind": kind,
                     "created_at": now,
                 }
-                for sequence, payload in zip(sequences, payloads, strict=True)
+                for sequence, (event_type, kind) in zip(sequences, payloads, strict=True)
             ],
         )
         return sequences
 
-    def _kind_json(self, kind: BaseEventKind) -> dict[str, Any]:
+    def _kind_json(self, kind: BaseEventKind) -> tuple[str, RawValue]:
+        """The kind's ``type`` and its checked JSON text."""
         check_str_keys("event kind", kind.model_dump())  # JSON mode would stringify keys
         payload = kind.to_json_dict()
-        check_json("event kind", payload, self.context.max_json_bytes)
-        return payload
+        limit = self.context.max_json_bytes
+        return payload["type"], RawValue(json_text("event kind", payload, limit, keys_checked=True))
 
     def _reserve(
         self, session: Session, execution_id: uuid.UUID, count: int, expected: int | None

@@ -9,6 +9,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from statestore.db import queries
+from statestore.db.driver import RawValue
 from statestore.db.schema import ExecutionRow, WorkItemRow
 from statestore.db.tenancy import narrowed_to
 from statestore.errors import (
@@ -34,6 +35,7 @@ from statestore.validation import (
     check_text,
     check_uuid,
     coerce_model,
+    json_text,
 )
 
 MAX_LIST_LIMIT = 1000
@@ -77,8 +79,12 @@ class ExecutionRepository(Repository):
             "workflow_id": check_identifier("workflow_id", execution.workflow_id),
             "workflow_version": check_identifier("workflow_version", execution.workflow_version),
             "status": execution.status.value,
-            "initial_input": check_json("initial_input", execution.initial_input, max_bytes),
-            "current_state": check_json("current_state", execution.current_state, max_bytes),
+            "initial_input": RawValue(
+                json_text("initial_input", execution.initial_input, max_bytes)
+            ),
+            "current_state": RawValue(
+                json_text("current_state", execution.current_state, max_bytes)
+            ),
             "started_at": self.context.stamp(execution, "started_at"),
             "updated_at": self.context.stamp(execution, "updated_at"),
             "completed_at": execution.completed_at,

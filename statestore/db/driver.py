@@ -1,0 +1,169 @@
+"""Hot-path statements run straight on the DBAPI cursor, compiled once per dialect.
+
+SQLAlchemy's execution machinery (execution context, events, result wrapping) costs about
+10-15 µs per statement on top of the driver here; on a hot path of two statements and a
+commit that is a third of the call. A :class:`DriverStatement` keeps the Core construct as the
+one source of the SQL: it is compiled once per dialect into the driver's SQL string, the
+order of its parameters and the dialect's own bind and result processors for their types
+(so values are encoded and decoded exactly as the ORM paths do). Executing it is then one
+cursor call plus those processors.
+
+Failures are wrapped the way SQLAlchemy wraps them (:meth:`DBAPIError.instance`), and a
+connection the dialect reports as disconnected is invalidated, so the pool never hands it
+out again; :mod:`statestore.db.errors` translates the rest.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from sqlalchemy import Connection, Dialect, Executable
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.sql.compiler import SQLCompiler
+
+Processor = Callable[[Any], Any]
+
+
+class RawValue:
+    """A parameter value that is already in the driver's form (e.g. JSON text produced by
+    the store's own check): bound as is, skipping the column type's processor."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    sql: str
+    names: tuple[str, ...]
+    defaults: dict[str, Any]
+    bind: tuple[Processor | None, ...]
+    result: tuple[Processor | None, ...]
+    row_type: Callable[[Any], NamedTuple] | None
+
+
+class DriverStatement:
+    """A Core statement run on the DBAPI cursor; compiled lazily, once per dialect.
+
+    Parameters are passed by bind name. Rows come back as named tuples (fields named after
+    the statement's columns), already decoded by the column types' result processors.
+    """
+
+    __slots__ = ("_by_dialect", "statement")
+
+    def __init__(self, statement: Executable) -> None:
+        self.statement = statement
+        self._by_dialect: dict[str, _Compiled] = {}
+
+    def execute(self, connection: Connection, params: Mapping[str, Any]) -> list[Any]:
+        """Run with ``params``; the decoded rows (empty for statements without rows)."""
+        dialect = connection.dialect
+        compiled = self._by_dialect.get(dialect.name)
+        if compiled is None:
+            compiled = self._by_dialect[dialect.name] = _compile(self.statement, dialect)
+        args = tuple(_bind_value(compiled, params))
+        return _run(connection, compiled, args)
+
+    def execute_many(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run once per parameter set (``executemany``); for statements without rows."""
+        dialect = connection.dialect
+        compiled = self._by_dialect.get(dialect.name)
+        if compiled is None:
+            compiled = self._by_dialect[dialect.name] = _compile(self.statement, dialect)
+        batch = [tuple(_bind_value(compiled, params)) for params in rows]
+        _run(connection, compiled, batch, many=True)
+
+
+def _bind_value(compiled: _Compiled, params: Mapping[str, Any]) -> Any:
+    defaults = compiled.defaults
+    for name, process in zip(compiled.names, compiled.bind, strict=True):
+        value = params[name] if name in params else defaults[name]
+        if type(value) is RawValue:
+            yield value.value
+        elif process is None:
+            yield value
+        else:
+            yield process(value)
+
+
+def _compile(statement: Executable, dialect: Dialect) -> _Compiled:
+    compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+    assert isinstance(compiled, SQLCompiler)
+    if compiled.positiontup is None:
+        raise TypeError(f"{dialect.name}: DriverStatement needs a positional paramstyle")
+    names = tuple(compiled.positiontup)
+    # Parameters the compiler added with a value of their own (e.g. SQLite's "OFFSET ?").
+    defaults = {
+        name: compiled.binds[name].effective_value
+        for name in names
+        if not compiled.binds[name].required
+    }
+    bind = tuple(
+        compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
+    )
+    # Each result column's key and type, in order (the statement's own columns: no text SQL).
+    columns = compiled._result_columns
+    result = tuple(
+        column_type.dialect_impl(dialect).result_processor(dialect, None)
+        for _key, _name, _objects, column_type in columns
+    )
+    row_type = None
+    if columns:
+        row_type = namedtuple("Row", [key for key, *_ in columns])._make  # type: ignore[attr-defined]
+    return _Compiled(compiled.string, names, defaults, bind, result, row_type)
+
+
+def _run(
+    connection: Connection, compiled: _Compiled, args: Any, *, many: bool = False
+) -> list[Any]:
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None
+    cursor = dbapi_connection.cursor()
+    # Listeners (tracing, query logging, tests capturing the SQL) see the statement as they
+    # would through SQLAlchemy's own execution; there is no execution context to give them.
+    dispatch = connection.dispatch
+    try:
+        if dispatch.before_cursor_execute:
+            dispatch.before_cursor_execute(connection, cursor, compiled.sql, args, None, many)
+        if many:
+            cursor.executemany(compiled.sql, args)
+            rows: Sequence[Any] = []
+        else:
+            cursor.execute(compiled.sql, args)
+            rows = [] if compiled.row_type is None else cursor.fetchall()
+        if dispatch.after_cursor_execute:
+            dispatch.after_cursor_execute(connection, cursor, compiled.sql, args, None, many)
+    except Exception as exc:
+        raise _wrapped(connection, compiled, args, exc, cursor) from exc
+    finally:
+        cursor.close()
+    make = compiled.row_type
+    if make is None:
+        return []
+    processors = compiled.result
+    if not any(processors):
+        return [make(row) for row in rows]
+    return [
+        make(
+            value if process is None else process(value)
+            for value, process in zip(row, processors, strict=True)
+        )
+        for row in rows
+    ]
+
+
+def _wrapped(
+    connection: Connection, compiled: _Compiled, args: Any, exc: Exception, cursor: Any
+) -> BaseException:
+    dialect = connection.dialect
+    dbapi = dialect.loaded_dbapi
+    if not isinstance(exc, dbapi.Error):
+        return exc
+    if dialect.is_disconnect(exc, connection.connection.dbapi_connection, cursor):
+        connection.invalidate(exc)
+    return sa_exc.DBAPIError.instance(compiled.sql, args, exc, dbapi.Error)
