@@ -9,6 +9,7 @@ new kind.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -233,10 +234,22 @@ def parse_event_kind(value: object) -> BaseEventKind:
         raise pydantic_error(f"event kind {tag!r}", exc) from None
 
 
-def load_stored_kind(data: dict[str, Any]) -> BaseEventKind:
-    """A kind read back from the database. Never fails: a stored object that no longer fits
-    its typed kind is returned as a :class:`CustomEvent`, so one odd row cannot break every
-    read of an execution's history."""
+def load_stored_kind(data: dict[str, Any] | str, event_type: str | None = None) -> BaseEventKind:
+    """A kind read back from the database: its JSON object, or the JSON text with the row's
+    ``event_type`` (parsed by the typed model directly). Never fails: a stored object that
+    no longer fits its typed kind is returned as a :class:`CustomEvent`, so one odd row
+    cannot break every read of an execution's history."""
+    if isinstance(data, str):
+        kind_type = KIND_BY_TYPE.get(event_type or "", CustomEvent)
+        try:
+            kind = kind_type.model_validate_json(data)
+            if kind.type == event_type or kind_type is CustomEvent:
+                return kind
+        except pydantic.ValidationError:
+            pass
+        data = json.loads(data)
+    if not isinstance(data, dict):  # not written by the store; keep it readable
+        return CustomEvent(type=event_type or "unknown", value=data)
     kind_type = KIND_BY_TYPE.get(data.get("type", ""), CustomEvent)
     try:
         return kind_type.model_validate(data)

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, Dialect, Executable
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.types import TypeEngine
 
 Processor = Callable[[Any], Any]
 
@@ -54,29 +55,34 @@ class DriverStatement:
     the statement's columns), already decoded by the column types' result processors.
     """
 
-    __slots__ = ("_by_dialect", "statement")
+    __slots__ = ("_by_dialect", "raw_results", "statement")
 
-    def __init__(self, statement: Executable) -> None:
+    def __init__(self, statement: Executable, *, raw_results: frozenset[str] = frozenset()) -> None:
+        """``raw_results``: result columns returned as the driver gives them, undecoded (a
+        JSON column then comes back as text on SQLite, decoded by the driver on
+        PostgreSQL), for callers that decode them more cheaply themselves."""
         self.statement = statement
+        self.raw_results = raw_results
         self._by_dialect: dict[str, _Compiled] = {}
 
     def execute(self, connection: Connection, params: Mapping[str, Any]) -> list[Any]:
         """Run with ``params``; the decoded rows (empty for statements without rows)."""
-        dialect = connection.dialect
-        compiled = self._by_dialect.get(dialect.name)
-        if compiled is None:
-            compiled = self._by_dialect[dialect.name] = _compile(self.statement, dialect)
+        compiled = self._compiled_for(connection.dialect)
         args = tuple(_bind_value(compiled, params))
         return _run(connection, compiled, args)
 
     def execute_many(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run once per parameter set (``executemany``); for statements without rows."""
-        dialect = connection.dialect
-        compiled = self._by_dialect.get(dialect.name)
-        if compiled is None:
-            compiled = self._by_dialect[dialect.name] = _compile(self.statement, dialect)
+        compiled = self._compiled_for(connection.dialect)
         batch = [tuple(_bind_value(compiled, params)) for params in rows]
         _run(connection, compiled, batch, many=True)
+
+    def _compiled_for(self, dialect: Dialect) -> _Compiled:
+        compiled = self._by_dialect.get(dialect.name)
+        if compiled is None:  # a race compiles it twice; both are equal
+            compiled = _compile(self.statement, dialect, self.raw_results)
+            self._by_dialect[dialect.name] = compiled
+        return compiled
 
 
 def _bind_value(compiled: _Compiled, params: Mapping[str, Any]) -> Any:
@@ -91,7 +97,7 @@ def _bind_value(compiled: _Compiled, params: Mapping[str, Any]) -> Any:
             yield process(value)
 
 
-def _compile(statement: Executable, dialect: Dialect) -> _Compiled:
+def _compile(statement: Executable, dialect: Dialect, raw_results: frozenset[str]) -> _Compiled:
     compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
     assert isinstance(compiled, SQLCompiler)
     if compiled.positiontup is None:
@@ -109,13 +115,17 @@ def _compile(statement: Executable, dialect: Dialect) -> _Compiled:
     # Each result column's key and type, in order (the statement's own columns: no text SQL).
     columns = compiled._result_columns
     result = tuple(
-        column_type.dialect_impl(dialect).result_processor(dialect, None)
-        for _key, _name, _objects, column_type in columns
+        None if key in raw_results else _result_processor(column_type, dialect)
+        for key, _name, _objects, column_type in columns
     )
     row_type = None
     if columns:
         row_type = namedtuple("Row", [key for key, *_ in columns])._make  # type: ignore[attr-defined]
     return _Compiled(compiled.string, names, defaults, bind, result, row_type)
+
+
+def _result_processor(column_type: TypeEngine[Any], dialect: Dialect) -> Processor | None:
+    return column_type.dialect_impl(dialect).result_processor(dialect, None)
 
 
 def _run(

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Connection,
     Executable,
     Table,
+    Update,
     bindparam,
     insert,
     literal_column,
@@ -52,7 +53,9 @@ TenantPredicate = Callable[[Table], list[ColumnElement[bool]]]
 """Given a table, the WHERE terms confining it to the tenant (none for all tenants)."""
 
 
-def _variants(build: Callable[[TenantPredicate], Executable]) -> _Variants:
+def _variants(
+    build: Callable[[TenantPredicate], Executable], raw_results: frozenset[str] = frozenset()
+) -> _Variants:
     """Build a statement twice: without a tenant predicate, and with ``tenant_id = :tenant``."""
 
     def no_tenant(_table: Table) -> list[ColumnElement[bool]]:
@@ -61,7 +64,10 @@ def _variants(build: Callable[[TenantPredicate], Executable]) -> _Variants:
     def one_tenant(table: Table) -> list[ColumnElement[bool]]:
         return [table.c.tenant_id == bindparam("p_tenant")]
 
-    return _Variants(DriverStatement(build(no_tenant)), DriverStatement(build(one_tenant)))
+    return _Variants(
+        DriverStatement(build(no_tenant), raw_results=raw_results),
+        DriverStatement(build(one_tenant), raw_results=raw_results),
+    )
 
 
 def _connection(session: Session) -> Connection:
@@ -84,20 +90,100 @@ def _first(rows: list[Any]) -> Any:
     return rows[0] if rows else None
 
 
-_RESERVE = _variants(
-    lambda tenant: (
+def _reserve(tenant: TenantPredicate, expecting: bool) -> Update:
+    """Bump an execution's ``last_sequence`` by ``:p_count`` (only if it is ``:p_expected``,
+    when ``expecting``), returning the new value and the execution's tenant."""
+    conditions = [_executions.c.id == bindparam("p_execution_id"), *tenant(_executions)]
+    if expecting:
+        conditions.append(_executions.c.last_sequence == bindparam("p_expected", type_=BigInteger))
+    return (
         update(_executions)
-        .where(_executions.c.id == bindparam("p_id"), *tenant(_executions))
+        .where(*conditions)
         .values(last_sequence=_executions.c.last_sequence + bindparam("p_count", type_=BigInteger))
         .returning(_executions.c.last_sequence, _executions.c.tenant_id)
     )
-)
 
 
-def reserve_sequences(session: Session, execution_id: uuid.UUID, count: int) -> Any:
-    """Bump an execution's ``last_sequence`` by ``count``; returns the row (last_sequence,
-    tenant_id) with the new value, or ``None`` if the execution is missing in this scope."""
-    return _first(_run(session, _RESERVE, {"p_id": execution_id, "p_count": count}))
+_RESERVE = {
+    expecting: _variants(lambda tenant, e=expecting: _reserve(tenant, e))  # type: ignore[misc]
+    for expecting in (False, True)
+}
+
+
+def reserve_sequences(
+    session: Session, execution_id: uuid.UUID, count: int, expected: int | None
+) -> Any:
+    """Bump an execution's ``last_sequence`` by ``count`` if it is at ``expected`` (when
+    given); returns the row (last_sequence, tenant_id) with the new value, or ``None`` if the
+    execution is missing in this scope or not at ``expected`` (nothing changed then)."""
+    params = {"p_execution_id": execution_id, "p_count": count}
+    if expected is not None:
+        params["p_expected"] = expected
+    return _first(_run(session, _RESERVE[expected is not None], params))
+
+
+def _append_one(tenant: TenantPredicate, expecting: bool) -> Executable:
+    """PostgreSQL: reserve the sequence and insert the event in one statement, ``WITH
+    reserved AS (UPDATE … RETURNING) INSERT INTO events SELECT … FROM reserved``. If the
+    execution is missing (or not at the expected sequence) nothing is inserted or bumped."""
+    reserved = _reserve(tenant, expecting).cte("reserved")
+    values = select(
+        bindparam("p_id", type_=_events.c.id.type),
+        reserved.c.tenant_id,
+        bindparam("p_execution_id", type_=_events.c.execution_id.type),
+        reserved.c.last_sequence,
+        bindparam("p_event_type", type_=_events.c.event_type.type),
+        bindparam("p_kind", type_=_events.c.kind.type),
+        bindparam("p_created_at", type_=_events.c.created_at.type),
+    ).select_from(reserved)
+    columns = ["id", "tenant_id", "execution_id", "sequence", "event_type", "kind", "created_at"]
+    return (
+        insert(_events)
+        .from_select(columns, values)
+        .add_cte(reserved)
+        .returning(_events.c.sequence, _events.c.tenant_id)
+    )
+
+
+_APPEND_ONE = {
+    expecting: _variants(lambda tenant, e=expecting: _append_one(tenant, e))  # type: ignore[misc]
+    for expecting in (False, True)
+}
+
+
+def append_event(
+    session: Session, values: dict[str, Any], expected: int | None
+) -> tuple[int, str] | None:
+    """Append one event: ``values`` has ``p_id``, ``p_execution_id``, ``p_event_type``,
+    ``p_kind`` and ``p_created_at``. Returns (sequence, tenant_id), or ``None`` if the
+    execution is missing in this scope or not at ``expected`` (then nothing changed).
+
+    One statement on PostgreSQL (no transaction needed around it); on SQLite, whose CTEs
+    cannot hold an UPDATE, the reserve and the insert run in the caller's transaction."""
+    params = {**values, "p_count": 1}
+    if expected is not None:
+        params["p_expected"] = expected
+    if _connection(session).dialect.name == "postgresql":
+        row = _first(_run(session, _APPEND_ONE[expected is not None], params))
+        return None if row is None else (row.sequence, row.tenant_id)
+    reserved = reserve_sequences(session, values["p_execution_id"], 1, expected)
+    if reserved is None:
+        return None
+    insert_events(
+        session,
+        [
+            {
+                "id": values["p_id"],
+                "tenant_id": reserved.tenant_id,
+                "execution_id": values["p_execution_id"],
+                "sequence": reserved.last_sequence,
+                "event_type": values["p_event_type"],
+                "kind": values["p_kind"],
+                "created_at": values["p_created_at"],
+            }
+        ],
+    )
+    return reserved.last_sequence, reserved.tenant_id
 
 
 _INSERT_EVENT = DriverStatement(
@@ -119,8 +205,8 @@ def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
 
 _EVENT_COLUMNS = (
     _events.c.id,
-    _events.c.execution_id,
     _events.c.sequence,
+    _events.c.event_type,
     _events.c.kind,
     _events.c.created_at,
     _events.c.tenant_id,
@@ -135,7 +221,9 @@ _EVENTS_SINCE = _variants(
         )
         .order_by(_events.c.sequence)
         .limit(bindparam("p_limit", type_=BigInteger))
-    )
+    ),
+    # The kind is parsed straight from the driver's value by its typed model.
+    raw_results=frozenset({"kind"}),
 )
 NO_LIMIT = 2**62
 
@@ -143,7 +231,9 @@ NO_LIMIT = 2**62
 def select_events(
     session: Session, execution_id: uuid.UUID, since: int, limit: int | None
 ) -> list[Any]:
-    """Events of an execution with sequence > ``since``, ascending, at most ``limit``."""
+    """Events of an execution with sequence > ``since``, ascending, at most ``limit``: rows
+    of (id, sequence, event_type, kind, created_at, tenant_id), ``kind`` as the driver
+    returns JSON (see :func:`statestore.event_kinds.load_stored_kind`)."""
     params = {"p_id": execution_id, "p_since": since, "p_limit": limit or NO_LIMIT}
     return _run(session, _EVENTS_SINCE, params)
 
@@ -157,8 +247,14 @@ _LATEST_SEQUENCE = _variants(
 
 def select_latest_sequence(session: Session, execution_id: uuid.UUID) -> int:
     """An execution's latest sequence (0 if missing in this scope)."""
+    latest = select_sequence_if_exists(session, execution_id)
+    return latest or 0
+
+
+def select_sequence_if_exists(session: Session, execution_id: uuid.UUID) -> int | None:
+    """An execution's latest sequence, or ``None`` if it is missing in this scope."""
     row = _first(_run(session, _LATEST_SEQUENCE, {"p_id": execution_id}))
-    return 0 if row is None else int(row.last_sequence)
+    return None if row is None else int(row.last_sequence)
 
 
 _EXECUTION = _variants(

@@ -48,9 +48,13 @@ class StoreContext:
     def check_child_tenant(self, model: BaseModel, execution_tenant: str) -> str:
         """Events, snapshots and work items belong to their execution's tenant. On a scoped
         store, a model explicitly naming another tenant is refused."""
+        self.check_model_tenant(model)
+        return execution_tenant
+
+    def check_model_tenant(self, model: BaseModel) -> None:
+        """On a scoped store, refuse a model explicitly naming another tenant."""
         if self.scope.tenant_id is not None:
             self.tenant_for(model)
-        return execution_tenant
 
     def stamp(self, model: BaseModel, field: str) -> datetime:
         """A timestamp field: the caller's value if they set it, else the store clock's now."""

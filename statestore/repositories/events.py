@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from statestore.db import queries
 from statestore.db.driver import RawValue
-from statestore.errors import NotFoundError, SequenceConflictError, ValidationError
+from statestore.errors import (
+    NotFoundError,
+    SequenceConflictError,
+    TenantError,
+    ValidationError,
+)
 from statestore.event_kinds import BaseEventKind, load_stored_kind, parse_event_kind
 from statestore.models import Event
 from statestore.repositories.base import Repository
@@ -27,12 +31,13 @@ from statestore.validation import (
 MAX_BATCH = 10_000
 
 
-def event_from_row(row: Row[Any]) -> Event:
+def event_from_row(row: Any, execution_id: uuid.UUID) -> Event:
+    """An event from a row of :func:`statestore.db.queries.select_events`."""
     return Event(
         id=row.id,
-        execution_id=row.execution_id,
+        execution_id=execution_id,
         sequence=row.sequence,
-        kind=load_stored_kind(row.kind),
+        kind=load_stored_kind(row.kind, row.event_type),
         created_at=row.created_at,
         tenant_id=row.tenant_id,
     )
@@ -45,23 +50,19 @@ class EventRepository(Repository):
         event = coerce_model("event", Event, event)
         event_type, kind = self._kind_json(event.kind)
         expected = check_optional_int("expected_sequence", expected_sequence, minimum=0)
-        first, tenant_id = self._reserve(session, event.execution_id, 1, expected)
-        self.context.check_child_tenant(event, tenant_id)
-        queries.insert_events(
-            session,
-            [
-                {
-                    "id": event.id,
-                    "tenant_id": tenant_id,
-                    "execution_id": event.execution_id,
-                    "sequence": first,
-                    "event_type": event_type,
-                    "kind": kind,
-                    "created_at": self.context.stamp(event, "created_at"),
-                }
-            ],
-        )
-        return first
+        self._check_tenant(session, event)
+        values = {
+            "p_id": event.id,
+            "p_execution_id": event.execution_id,
+            "p_event_type": event_type,
+            "p_kind": kind,
+            "p_created_at": self.context.stamp(event, "created_at"),
+        }
+        appended = queries.append_event(session, values, expected)
+        if appended is None:
+            self._refused(session, event.execution_id, expected)
+        assert appended is not None
+        return appended[0]
 
     def append_many(
         self,
@@ -113,15 +114,31 @@ class EventRepository(Repository):
         sequence and the execution's tenant. The row update serialises appenders of one
         execution on both databases, so sequences are gapless without a retry loop; a
         failed append rolls the bump back with its transaction."""
-        row = queries.reserve_sequences(session, execution_id, count)
+        row = queries.reserve_sequences(session, execution_id, count, expected)
         if row is None:
+            self._refused(session, execution_id, expected)
+        return row.last_sequence - count + 1, row.tenant_id
+
+    def _check_tenant(self, session: Session, event: Event) -> None:
+        """The event takes its execution's tenant; on a scoped store, an event naming another
+        tenant is refused (after "not found", as if the append had been tried)."""
+        try:
+            self.context.check_model_tenant(event)
+        except TenantError:
+            if queries.select_sequence_if_exists(session, event.execution_id) is None:
+                raise NotFoundError(f"execution {event.execution_id} not found") from None
+            raise
+
+    @staticmethod
+    def _refused(session: Session, execution_id: uuid.UUID, expected: int | None) -> NoReturn:
+        """Why a reserve changed nothing: the execution is missing in this scope, or it is
+        not at the expected sequence."""
+        latest = queries.select_sequence_if_exists(session, execution_id)
+        if latest is None:
             raise NotFoundError(f"execution {execution_id} not found")
-        latest = row.last_sequence - count
-        if expected is not None and latest != expected:
-            raise SequenceConflictError(
-                f"execution {execution_id} is at sequence {latest}, expected {expected}"
-            )
-        return latest + 1, row.tenant_id
+        raise SequenceConflictError(
+            f"execution {execution_id} is at sequence {latest}, expected {expected}"
+        )
 
     def get(self, session: Session, execution_id: uuid.UUID | str) -> list[Event]:
         return self.since(session, execution_id, 0, None)
@@ -137,7 +154,7 @@ class EventRepository(Repository):
         since = check_int("since", since, minimum=0)
         limit = None if limit is None else check_int("limit", limit, minimum=1)
         rows = queries.select_events(session, execution_id, since, limit)
-        return [event_from_row(row) for row in rows]
+        return [event_from_row(row, execution_id) for row in rows]
 
     def latest_sequence(self, session: Session, execution_id: uuid.UUID | str) -> int:
         return queries.select_latest_sequence(session, check_uuid("execution_id", execution_id))
