@@ -6,7 +6,7 @@ or ``BEGIN`` (readers) ourselves, the recipe from SQLAlchemy's SQLite dialect do
 take the write lock up front, so a read-then-write transaction never fails with SQLITE_BUSY
 half-way.
 
-PostgreSQL: asyncpg with pre-ping and READ COMMITTED.
+PostgreSQL: asyncpg, READ COMMITTED (AUTOCOMMIT for reads and single statements).
 """
 
 from __future__ import annotations
@@ -191,7 +191,10 @@ def create_user_engine(
     options: dict[str, Any] = {"json_serializer": json_serializer}
     if config.dialect == "postgresql":
         options.update(
-            pool_pre_ping=True,
+            # No pre-ping: the asyncpg dialect's ping is three round trips (BEGIN, a query,
+            # ROLLBACK) on every checkout, more than most operations. A connection found
+            # dead is invalidated with every older one; reads retry once (PostgresRunner).
+            pool_pre_ping=False,
             isolation_level="READ COMMITTED",
             # Fail fast (DatabaseError) instead of asyncpg's 60 s default on a dead host.
             connect_args={"timeout": PG_CONNECT_TIMEOUT_S},

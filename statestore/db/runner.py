@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
 from statestore.db.errors import translate
@@ -66,8 +67,10 @@ class Runner(ABC):
     """Where operations run. One per store; scoped views share it."""
 
     @abstractmethod
-    async def write(self, op: Operation[T], scope: Scope) -> T:
-        """Run ``op`` in a write transaction and commit it."""
+    async def write(self, op: Operation[T], scope: Scope, *, single_statement: bool = False) -> T:
+        """Run ``op`` in a write transaction and commit it. ``single_statement``: ``op``
+        changes the database in at most one statement (it may read before or after), so a
+        runner may run it without a transaction around it."""
 
     @abstractmethod
     async def read(self, op: Operation[T], scope: Scope) -> T:
@@ -132,7 +135,8 @@ class SqliteRunner(Runner):
     _local: threading.local = field(default_factory=threading.local)
     _reader_connections: list[Connection] = field(default_factory=list)
 
-    async def write(self, op: Operation[T], scope: Scope) -> T:
+    async def write(self, op: Operation[T], scope: Scope, *, single_statement: bool = False) -> T:
+        # Every write shares the writer's group transaction, single statement or not.
         return await self._submit(lambda conn: run_in_session(conn, op, scope))
 
     async def read(self, op: Operation[T], scope: Scope) -> T:
@@ -307,23 +311,44 @@ class SqliteRunner(Runner):
 
 
 class PostgresRunner(Runner):
-    """Operations as ``AsyncSession.run_sync`` over asyncpg."""
+    """Operations as ``AsyncSession.run_sync`` over asyncpg.
+
+    Reads and single-statement writes run on an ``AUTOCOMMIT`` connection: no BEGIN and
+    COMMIT round trips around a statement that is atomic on its own (under READ COMMITTED
+    each statement of a transaction takes a fresh snapshot anyway, so reads lose nothing).
+    Other writes run in a READ COMMITTED transaction. A read that fails because its pooled
+    connection turned out to be dead (a server restart) is retried once on a new one.
+    """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._sessions = async_sessionmaker(
-            engine, sync_session_class=TenantSession, expire_on_commit=False, autoflush=False
-        )
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
-    async def write(self, op: Operation[T], scope: Scope) -> T:
-        try:
-            async with self._sessions(info={SCOPE_KEY: scope}) as session, session.begin():
-                return await session.run_sync(op)
-        except Exception as exc:
-            raise translate(exc) from exc
+    async def write(self, op: Operation[T], scope: Scope, *, single_statement: bool = False) -> T:
+        if single_statement:
+            return await self._run(self._autocommit, op, scope, transaction=False)
+        return await self._run(self._engine, op, scope, transaction=True)
 
     async def read(self, op: Operation[T], scope: Scope) -> T:
-        return await self.write(op, scope)
+        try:
+            return await self._run(self._autocommit, op, scope, transaction=False)
+        except DatabaseError as exc:
+            if not _lost_connection(exc):
+                raise
+        return await self._run(self._autocommit, op, scope, transaction=False)
+
+    @staticmethod
+    async def _run(engine: AsyncEngine, op: Operation[T], scope: Scope, *, transaction: bool) -> T:
+        # A scoped session over the connection, as on SQLite: the AsyncSession layer would
+        # add its own begin/commit bookkeeping and greenlet switches to every call.
+        try:
+            async with engine.connect() as connection:
+                if not transaction:
+                    return await connection.run_sync(run_in_session, op, scope)
+                async with connection.begin():
+                    return await connection.run_sync(run_in_session, op, scope)
+        except Exception as exc:
+            raise translate(exc) from exc
 
     async def with_connection(self, fn: Callable[[Connection], T]) -> T:
         try:
@@ -334,3 +359,10 @@ class PostgresRunner(Runner):
 
     async def close(self) -> None:
         """The engine belongs to the store, which disposes it."""
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    """Whether SQLAlchemy found the connection dead (and invalidated it) on the way to
+    ``exc``."""
+    cause = exc.__cause__
+    return isinstance(cause, sa_exc.DBAPIError) and cause.connection_invalidated
