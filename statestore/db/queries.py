@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from statestore.db.driver import DriverStatement
-from statestore.db.schema import EventRow, ExecutionRow, WorkItemRow
+from statestore.db.schema import ApiTokenRow, EventRow, ExecutionRow, TenantRow, WorkItemRow
 from statestore.db.tenancy import session_scope
 from statestore.db.types import UTCDateTime
 
@@ -402,3 +402,23 @@ def complete_claimed(
     if lease_fence is not None:
         params["p_fence"] = lease_fence
     return bool(_run(session, variants, params))
+
+
+# ---------------------------------------------------------------- tokens
+
+_tokens: Table = ApiTokenRow.__table__  # type: ignore[assignment]
+_tenants: Table = TenantRow.__table__  # type: ignore[assignment]
+
+_TOKEN = _variants(
+    lambda tenant: (
+        select(*_tokens.c, _tenants.c.status.label("tenant_status"))
+        .join(_tenants, _tenants.c.id == _tokens.c.tenant_id)
+        .where(_tokens.c.id == bindparam("p_id"), *tenant(_tokens))
+    )
+)
+
+
+def select_token(session: Session, token_id: uuid.UUID) -> Any:
+    """A token's row with its tenant's status (``tenant_status``), or ``None`` if missing in
+    this scope: the one statement of token validation."""
+    return _first(_run(session, _TOKEN, {"p_id": token_id}))

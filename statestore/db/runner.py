@@ -100,19 +100,33 @@ def _translated(exc: BaseException) -> BaseException:
     return error
 
 
+_Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
 def _deliver(job: _Job, result: Any, error: BaseException | None) -> None:
-    # RuntimeError: the caller's event loop is closed; nobody is waiting any more.
-    with contextlib.suppress(RuntimeError):
-        job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
+    _deliver_all([job], [(result, error)])
 
 
-def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():  # the caller was cancelled; the write may still have committed
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+def _deliver_all(jobs: list[_Job], outcomes: list[tuple[Any, BaseException | None]]) -> None:
+    """Hand each job its outcome: one wake-up per event loop, however many jobs it waits on
+    (a group commit typically resolves a dozen callers of one loop)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for job, (result, error) in zip(jobs, outcomes, strict=True):
+        by_loop.setdefault(job.loop, []).append((job.future, result, error))
+    for loop, resolved in by_loop.items():
+        # RuntimeError: the caller's event loop is closed; nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve_all, resolved)
+
+
+def _resolve_all(resolved: list[_Outcome]) -> None:
+    for future, result, error in resolved:
+        if future.done():  # the caller was cancelled; the write may still have committed
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 @dataclass
@@ -253,8 +267,7 @@ class SqliteRunner(Runner):
         except BaseException as exc:
             outcomes = [(None, _translated(exc)) for _ in jobs]
             connection = self._discard_if_broken(connection)
-        for job, (result, error) in zip(jobs, outcomes, strict=True):
-            _deliver(job, result, error)
+        _deliver_all(jobs, outcomes)
         return connection
 
     @staticmethod

@@ -14,12 +14,14 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from passlib.context import CryptContext
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from statestore.db.schema import ApiTokenRow, TenantRow
+from statestore.db import queries
+from statestore.db.schema import ApiTokenRow
 from statestore.errors import NotFoundError
 from statestore.models import ApiToken, TenantStatus, TokenRole
 from statestore.repositories.base import Repository
@@ -39,7 +41,8 @@ TOKEN_HASHES = CryptContext(
 )
 
 
-def token_from_row(row: ApiTokenRow) -> ApiToken:
+def token_from_row(row: Any) -> ApiToken:
+    """A model from an ORM row or a Core row of ``api_tokens``."""
     return ApiToken(
         id=row.id,
         name=row.name,
@@ -110,7 +113,7 @@ class AuthRepository(Repository):
             TOKEN_HASHES.dummy_verify()
             return Validation(None)
         token_id, secret = parsed
-        row = session.get(ApiTokenRow, token_id)
+        row = queries.select_token(session, token_id)
         if row is None:
             TOKEN_HASHES.dummy_verify()
             return Validation(None)
@@ -120,10 +123,7 @@ class AuthRepository(Repository):
             return Validation(None)
         if row.expires_at is not None and row.expires_at <= now:
             return Validation(None)
-        tenant_status = session.scalar(
-            select(TenantRow.status).where(TenantRow.id == row.tenant_id)
-        )
-        if tenant_status != TenantStatus.ACTIVE.value:
+        if row.tenant_status != TenantStatus.ACTIVE.value:
             return Validation(None)
         stale = row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION
         return Validation(token_from_row(row), new_hash=new_hash, touch=stale)
