@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
@@ -86,3 +87,53 @@ async def test_closed_store_refuses_operations(store: StateStore) -> None:
     await store.close()  # idempotent
     with pytest.raises(DatabaseError):
         await store.list_tenants()
+
+
+async def test_postgres_reads_and_single_statements_autocommit_other_writes_do_not(
+    pg_database: str,
+) -> None:
+    """The runner keeps its connections between calls and switches them between AUTOCOMMIT
+    (reads, single-statement writes) and READ COMMITTED transactions; a connection used for
+    one must never leak its mode into the other."""
+
+    def in_transaction_block(session: Session) -> bool:
+        # txid_current() assigns the transaction an id: the same for both statements of
+        # one transaction, a new one per statement in autocommit.
+        first = session.execute(text("SELECT txid_current()")).scalar()
+        second = session.execute(text("SELECT txid_current()")).scalar()
+        return bool(first == second)
+
+    async with await StateStore.connect(pg_database) as store:
+        for _ in range(3):  # alternate on the same kept connections
+            assert await store.run(in_transaction_block, write=False) is False
+            assert await store.run(in_transaction_block, write=True) is True
+
+        def insert_then_fail(session: Session) -> None:
+            session.execute(text("CREATE TEMP TABLE IF NOT EXISTS t (x int)"))
+            session.execute(
+                text(
+                    "INSERT INTO tenants (id, name, status, created_at, updated_at)"
+                    " VALUES ('ghost', 'g', 'active', now(), now())"
+                )
+            )
+            raise RuntimeError("boom")
+
+        with pytest.raises(DatabaseError):
+            await store.run(insert_then_fail)
+        assert [t.id for t in await store.list_tenants()] == ["default"]
+
+
+async def test_postgres_cancelled_call_does_not_poison_kept_connections(pg_database: str) -> None:
+    async with await StateStore.connect(pg_database) as store:
+        await store.list_tenants()  # a connection is now kept
+        slow = asyncio.ensure_future(
+            store.run(lambda s: s.execute(text("SELECT pg_sleep(5)")).all(), write=False)
+        )
+        await asyncio.sleep(0.3)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        started = time.monotonic()
+        for _ in range(20):
+            assert [t.id for t in await store.list_tenants()] == ["default"]
+        assert time.monotonic() - started < 4  # not queued behind the cancelled pg_sleep
