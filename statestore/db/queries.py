@@ -404,10 +404,27 @@ def complete_claimed(
     return bool(_run(session, variants, params))
 
 
-# ---------------------------------------------------------------- tokens
+# ---------------------------------------------------------------- tenants and tokens
 
 _tokens: Table = ApiTokenRow.__table__  # type: ignore[assignment]
 _tenants: Table = TenantRow.__table__  # type: ignore[assignment]
+
+# Tenants are not tenant-owned rows: every scope may read its tenant's status and limits.
+_TENANT_ROW = select(_tenants.c.id, _tenants.c.status, _tenants.c.limits).where(
+    _tenants.c.id == bindparam("p_id")
+)
+_TENANT = {
+    False: DriverStatement(_TENANT_ROW),
+    True: DriverStatement(_TENANT_ROW.with_for_update()),
+}
+
+
+def select_tenant(session: Session, tenant_id: str, *, lock: bool = False) -> Any:
+    """A tenant's (id, status, limits), or ``None``; ``lock`` takes its row lock until
+    commit on PostgreSQL (SQLite's writer already holds the database write lock)."""
+    session_scope(session)
+    return _first(_TENANT[lock].execute(_connection(session), {"p_id": tenant_id}))
+
 
 _TOKEN = _variants(
     lambda tenant: (

@@ -23,7 +23,6 @@ import queue
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -143,11 +142,10 @@ class SqliteRunner(Runner):
     operations: int = 0
     _queue: queue.SimpleQueue[_Job | None] = field(default_factory=queue.SimpleQueue)
     _thread: threading.Thread | None = None
-    _reader_pool: ThreadPoolExecutor | None = None
+    _read_queue: queue.SimpleQueue[_Job | None] = field(default_factory=queue.SimpleQueue)
+    _reader_threads: list[threading.Thread] = field(default_factory=list)
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _local: threading.local = field(default_factory=threading.local)
-    _reader_connections: list[Connection] = field(default_factory=list)
 
     async def write(self, op: Operation[T], scope: Scope, *, single_statement: bool = False) -> T:
         # Every write shares the writer's group transaction, single statement or not.
@@ -156,48 +154,49 @@ class SqliteRunner(Runner):
     async def read(self, op: Operation[T], scope: Scope) -> T:
         if self.reader_engine is None:
             return await self._submit(lambda conn: run_in_session(conn, op, scope))
-        pool = self._readers()
+        if self._closed:
+            raise DatabaseError("the store is closed")
+        self._ensure_readers()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(pool, self._run_read, op, scope)
+        future: asyncio.Future[T] = loop.create_future()
+        self._read_queue.put(_Job(lambda conn: run_in_session(conn, op, scope), loop, future))
+        return await future
 
     async def with_connection(self, fn: Callable[[Connection], T]) -> T:
         return await self._submit(fn, transactional=False)
 
-    def _run_read(self, op: Operation[T], scope: Scope) -> T:
-        try:
-            connection = self._reader_connection()
+    def _ensure_readers(self) -> None:
+        if not self._reader_threads:
+            with self._lock:
+                if not self._reader_threads:
+                    for number in range(self.readers):
+                        thread = threading.Thread(
+                            target=self._reader_loop,
+                            name=f"statestore-reader-{number}",
+                            daemon=True,
+                        )
+                        thread.start()
+                        self._reader_threads.append(thread)
+
+    def _reader_loop(self) -> None:
+        """A reader thread: its own connection, one read transaction per job, the result
+        handed back with one hop (as the writer does; an executor future costs more)."""
+        assert self.reader_engine is not None
+        connection: Connection | None = None
+        while (job := self._read_queue.get()) is not None:
+            result: Any = None
+            error: BaseException | None = None
             try:
+                if connection is None:
+                    connection = self.reader_engine.connect()
                 with connection.begin():
-                    return run_in_session(connection, op, scope)
-            except BaseException:
-                if connection.invalidated:
-                    self._local.connection = None
-                    connection.close()
-                raise
-        except BaseException as exc:
-            raise translate(exc) from exc
-
-    def _reader_connection(self) -> Connection:
-        """Each reader thread keeps its own connection (no pool checkout per read)."""
-        connection: Connection | None = getattr(self._local, "connection", None)
-        if connection is None:
-            assert self.reader_engine is not None
-            connection = self.reader_engine.connect()
-            self._local.connection = connection
-            with self._lock:
-                self._reader_connections.append(connection)
-        return connection
-
-    def _readers(self) -> ThreadPoolExecutor:
-        if self._closed:
-            raise DatabaseError("the store is closed")
-        if self._reader_pool is None:
-            with self._lock:
-                if self._reader_pool is None:
-                    self._reader_pool = ThreadPoolExecutor(
-                        max_workers=self.readers, thread_name_prefix="statestore-reader"
-                    )
-        return self._reader_pool
+                    result = job.fn(connection)
+            except BaseException as exc:
+                error = _translated(exc)
+                connection = self._discard_if_broken(connection)
+            _deliver(job, result, error)
+        if connection is not None:
+            connection.close()
 
     async def _submit(self, fn: Callable[[Connection], T], *, transactional: bool = True) -> T:
         if self._closed:
@@ -314,10 +313,10 @@ class SqliteRunner(Runner):
         if self._thread is not None:
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
-        if self._reader_pool is not None:
-            self._reader_pool.shutdown(wait=True)
-        for connection in self._reader_connections:
-            connection.close()
+        for _thread in self._reader_threads:
+            self._read_queue.put(None)
+        for thread in self._reader_threads:
+            await asyncio.to_thread(thread.join)
         self.writer_engine.dispose()
         if self.reader_engine is not None:
             self.reader_engine.dispose()

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from statestore.db import queries
 from statestore.db.schema import TenantRow
 from statestore.errors import (
     ConflictError,
@@ -32,13 +33,11 @@ def tenant_from_row(row: TenantRow) -> Tenant:
     )
 
 
-def require_active_tenant(session: Session, tenant_id: str, *, lock: bool = False) -> TenantRow:
-    """The tenant's row, if it exists and is active; ``lock`` holds it until commit
-    (serialising limit checks on PostgreSQL; SQLite already holds the write lock)."""
-    statement = select(TenantRow).where(TenantRow.id == tenant_id)
-    if lock:
-        statement = statement.with_for_update()
-    row = session.scalars(statement).one_or_none()
+def require_active_tenant(session: Session, tenant_id: str, *, lock: bool = False) -> Any:
+    """The tenant's (id, status, limits), if it exists and is active; ``lock`` holds its row
+    until commit (serialising limit checks on PostgreSQL; SQLite already holds the write
+    lock)."""
+    row = queries.select_tenant(session, tenant_id, lock=lock)
     if row is None:
         raise TenantError(f"tenant {tenant_id!r} does not exist")
     if row.status != TenantStatus.ACTIVE:
@@ -54,7 +53,7 @@ def _checked_limits(limits: TenantLimits) -> dict[str, Any]:
     return values
 
 
-def tenant_limits(row: TenantRow) -> TenantLimits:
+def tenant_limits(row: Any) -> TenantLimits:
     return TenantLimits() if row.limits is None else TenantLimits.model_validate(row.limits)
 
 
