@@ -190,6 +190,27 @@ async def test_complete_work_items_settles_each_by_its_own_lease(qstore: StateSt
     assert sorted(statuses) == ["claimed", "completed", "completed"]
 
 
+async def test_complete_work_items_in_one_batch_with_repeats_and_other_holders(
+    qstore: StateStore,
+) -> None:
+    """The batch completes in one statement; a repeated item, an item given as a dict, an
+    item held by another worker and one without a worker id are each settled like
+    complete_work_item would."""
+    eid = await execution(qstore)
+    for n in range(5):
+        await enqueue(qstore, eid, node_id=f"n{n}")
+    mine = await qstore.claim_work_items("w", ["q"], 3)
+    theirs = await qstore.claim_work_items("v", ["q"], 2)
+    posing = theirs[0].model_copy(update={"worker_id": "w"})
+    unguarded = theirs[1].model_copy(update={"worker_id": None})
+    batch = [mine[0], mine[0], mine[1].model_dump(), posing, mine[2], unguarded]
+    assert await qstore.complete_work_items(batch) == [True, True, True, False, True, True]
+    by_id = {i.id: i for i in await qstore.list_work_items(eid)}
+    assert [by_id[i.id].status for i in mine] == ["completed"] * 3
+    assert by_id[theirs[0].id].status == "claimed"
+    assert by_id[theirs[1].id].status == "completed"
+
+
 async def test_fail_records_the_error_and_retries_with_the_same_accounting(
     qstore: StateStore, clock: Clock
 ) -> None:

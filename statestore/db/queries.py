@@ -31,6 +31,7 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.orm import Session
@@ -402,6 +403,57 @@ def complete_claimed(
     if lease_fence is not None:
         params["p_fence"] = lease_fence
     return bool(_run(session, variants, params))
+
+
+def _complete_each(tenant: TenantPredicate, count: int) -> Executable:
+    """Complete ``count`` claimed items, each guarded by its own worker and fence:
+    ``… WHERE status = 'claimed' AND (id, worker_id, lease_fence) IN ((…), …)``."""
+    held = [
+        tuple_(
+            bindparam(f"p_id{i}", type_=_items.c.id.type),
+            bindparam(f"p_worker{i}", type_=_items.c.worker_id.type),
+            bindparam(f"p_fence{i}", type_=BigInteger),
+        )
+        for i in range(count)
+    ]
+    return (
+        update(_items)
+        .where(
+            tuple_(_items.c.id, _items.c.worker_id, _items.c.lease_fence).in_(held),
+            _items.c.status == CLAIMED,
+            *tenant(_items),
+        )
+        .values(
+            status=literal_column("'completed'"),
+            lease_expires_at=None,
+            updated_at=bindparam("p_now", type_=UTCDateTime()),
+        )
+        .returning(_items.c.id)
+    )
+
+
+_COMPLETE_EACH: dict[int, _Variants] = {}
+"""Bulk completions by number of items (at most the claim limit), built on first use."""
+
+
+def complete_each_claimed(
+    session: Session, held: Sequence[tuple[uuid.UUID, str, int]], now: datetime
+) -> set[uuid.UUID]:
+    """Complete the claimed items among ``held`` (id, worker_id, lease_fence) still held
+    that way, in one statement; returns the ids completed."""
+    if not held:
+        return set()
+    variants = _COMPLETE_EACH.get(len(held))
+    if variants is None:  # a race builds it twice; both are equal
+        count = len(held)
+        variants = _variants(lambda tenant: _complete_each(tenant, count))
+        _COMPLETE_EACH[count] = variants
+    params: dict[str, Any] = {"p_now": now}
+    for i, (item_id, worker_id, fence) in enumerate(held):
+        params[f"p_id{i}"] = item_id
+        params[f"p_worker{i}"] = worker_id
+        params[f"p_fence{i}"] = fence
+    return {row.id for row in _run(session, variants, params)}
 
 
 # ---------------------------------------------------------------- tenants and tokens

@@ -212,21 +212,36 @@ class QueueRepository(Repository):
             raise ValidationError("items must be a sequence of WorkItem")
         if len(items) > MAX_CLAIM:
             raise ValidationError(f"at most {MAX_CLAIM} items per call")
-        models = [coerce_model("item", WorkItem, item) for item in items]
-        for model in models:
-            check_optional_identifier("worker_id", model.worker_id)
-            check_int("lease_fence", model.lease_fence, minimum=0)
+        # Only the id, worker and fence of each item are used: check exactly those.
+        held: list[tuple[uuid.UUID, str | None, int]] = []
+        for given in items:
+            item = given if isinstance(given, WorkItem) else coerce_model("item", WorkItem, given)
+            held.append(
+                (
+                    check_uuid("item id", item.id),
+                    check_optional_identifier("worker_id", item.worker_id),
+                    check_int("lease_fence", item.lease_fence, minimum=0),
+                )
+            )
         now = self.context.now()
+        guarded = {(i, w, f) for i, w, f in held if w is not None}
+        done = queries.complete_each_claimed(
+            session, [(i, w, f) for i, w, f in guarded if w is not None], now
+        )
         results = []
-        for model in models:
-            if queries.complete_claimed(session, model.id, model.worker_id, model.lease_fence, now):
+        for item_id, worker_id, fence in held:
+            if item_id in done:
+                results.append(True)
+                done.discard(item_id)  # a duplicate of this item in the list is a repeat
+                continue
+            if queries.complete_claimed(session, item_id, worker_id, fence, now):
                 results.append(True)
                 continue
-            row = session.get(WorkItemRow, model.id)  # explain: a repeat, or a lost lease
+            row = session.get(WorkItemRow, item_id)  # explain: a repeat, or a lost lease
             try:
                 if row is None:
-                    raise LeaseLostError(f"work item {model.id} not found")
-                self._settle_complete(row, model.worker_id, model.lease_fence)
+                    raise LeaseLostError(f"work item {item_id} not found")
+                self._settle_complete(row, worker_id, fence)
                 results.append(True)
             except LeaseLostError:
                 results.append(False)
