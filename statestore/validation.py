@@ -137,7 +137,7 @@ def json_text(name: str, value: object, max_bytes: int, *, keys_checked: bool = 
         text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError) as exc:
         raise ValidationError(f"{name} is not valid JSON: {exc}") from None
-    if _ESCAPED_NUL.search(text):
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
         raise ValidationError(f"{name} must not contain NUL characters")
     try:
         size = len(text.encode("utf-8"))
@@ -163,12 +163,17 @@ def _has_only_str_keys(value: object) -> bool:
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            if not all(isinstance(k, str) for k in item):
-                return False
-            stack.extend(item.values())
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return False
+                if isinstance(child, _CONTAINERS):
+                    stack.append(child)
         elif isinstance(item, list | tuple):
-            stack.extend(item)
+            stack.extend(child for child in item if isinstance(child, _CONTAINERS))
     return True
+
+
+_CONTAINERS = (dict, list, tuple)
 
 
 def coerce_model(name: str, model_type: type[M], value: object) -> M:

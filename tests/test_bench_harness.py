@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,7 @@ def test_quick_sqlite_run_prints_the_table(tmp_path: Path) -> None:
         "gc ops/s",
         "gc ratio",
         "sync sqlite3 ops/s",
+        "target",
     ]
 
     rows = table_rows(result.stdout)
@@ -86,6 +88,8 @@ def test_quick_sqlite_run_prints_the_table(tmp_path: Path) -> None:
         assert number(values["ratio"]) > 0, row
         for column in NUMBER_COLUMNS:
             assert number(values[column]) > 0, row
+        # The acceptance ratio, and whether this run met it.
+        assert re.fullmatch(r"0\.\d (raw|gc): (met|missed by \d+%)", values["target"]), row
         if values["callers"] == "1":
             # One caller: the synchronous sqlite3 reference, no group-commit layer.
             assert number(values["sync sqlite3 ops/s"]) > 0, row

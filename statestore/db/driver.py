@@ -68,13 +68,13 @@ class DriverStatement:
     def execute(self, connection: Connection, params: Mapping[str, Any]) -> list[Any]:
         """Run with ``params``; the decoded rows (empty for statements without rows)."""
         compiled = self._compiled_for(connection.dialect)
-        args = tuple(_bind_value(compiled, params))
+        args = _bind_args(compiled, params)
         return _run(connection, compiled, args)
 
     def execute_many(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run once per parameter set (``executemany``); for statements without rows."""
         compiled = self._compiled_for(connection.dialect)
-        batch = [tuple(_bind_value(compiled, params)) for params in rows]
+        batch = [_bind_args(compiled, params) for params in rows]
         _run(connection, compiled, batch, many=True)
 
     def _compiled_for(self, dialect: Dialect) -> _Compiled:
@@ -85,16 +85,18 @@ class DriverStatement:
         return compiled
 
 
-def _bind_value(compiled: _Compiled, params: Mapping[str, Any]) -> Any:
+def _bind_args(compiled: _Compiled, params: Mapping[str, Any]) -> tuple[Any, ...]:
+    args = []
     defaults = compiled.defaults
     for name, process in zip(compiled.names, compiled.bind, strict=True):
         value = params[name] if name in params else defaults[name]
         if type(value) is RawValue:
-            yield value.value
+            args.append(value.value)
         elif process is None:
-            yield value
+            args.append(value)
         else:
-            yield process(value)
+            args.append(process(value))
+    return tuple(args)
 
 
 def _compile(statement: Executable, dialect: Dialect, raw_results: frozenset[str]) -> _Compiled:

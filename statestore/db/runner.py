@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,15 +52,32 @@ def _new_session(bind: Connection, scope: Scope) -> TenantSession:
     )
 
 
+_sessions: weakref.WeakKeyDictionary[Connection, TenantSession] = weakref.WeakKeyDictionary()
+"""One session per connection, reused: a connection is used by one operation at a time, and
+most operations (the Core hot paths) never begin a session transaction, so building and
+closing a Session for each would cost more than the operation's own Python."""
+
+
+def _used(session: Session) -> bool:
+    return bool(session.in_transaction() or session.identity_map or session.new or session.deleted)
+
+
 def run_in_session(connection: Connection, op: Operation[T], scope: Scope) -> T:
-    """Run ``op`` on a fresh scoped session bound to ``connection``'s open transaction."""
-    session = _new_session(connection, scope)
+    """Run ``op`` on a scoped session bound to ``connection``'s open transaction. The
+    session is clean when ``op`` starts: nothing in it from an earlier operation."""
+    session = _sessions.get(connection)
+    if session is None:
+        session = _sessions[connection] = _new_session(connection, scope)
+    session.info[SCOPE_KEY] = scope
     try:
         result = op(session)
-        session.flush()
-        return result
+        if _used(session):
+            session.flush()
     finally:
-        session.close()
+        if _used(session):
+            session.close()
+        session.info.pop(SCOPE_KEY, None)  # fail closed if it were ever used outside a call
+    return result
 
 
 class Runner(ABC):
