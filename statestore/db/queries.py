@@ -294,6 +294,20 @@ CLAIMED: ColumnElement[str] = literal_column("'claimed'")
 DEAD_LETTERED: ColumnElement[str] = literal_column("'dead_lettered'")
 
 
+_INSERT_ITEM = DriverStatement(
+    insert(_items).values(
+        {column.name: bindparam(column.name, type_=column.type) for column in _items.c}
+    )
+)
+
+
+def insert_work_item(session: Session, values: dict[str, Any]) -> None:
+    """Insert a work item row (its ``tenant_id`` already taken from the execution). The
+    payload may be :class:`~statestore.db.driver.RawValue` JSON text."""
+    session_scope(session)
+    _INSERT_ITEM.execute(_connection(session), values)
+
+
 def _claim(tenant: TenantPredicate, type_count: int) -> Executable:
     eligible = (
         select(_items.c.id)

@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from statestore.db import queries
+from statestore.db.driver import RawValue
 from statestore.db.schema import ExecutionRow, WorkItemRow
 from statestore.errors import (
     InvalidTransitionError,
@@ -32,13 +33,13 @@ from statestore.repositories.tenants import require_active_tenant
 from statestore.validation import (
     check_identifier,
     check_int,
-    check_json,
     check_optional_identifier,
     check_optional_int,
     check_text,
     check_timedelta,
     check_uuid,
     coerce_model,
+    json_text,
 )
 
 MAX_CLAIM = 1000
@@ -93,7 +94,7 @@ class QueueRepository(Repository):
             "execution_id": item.execution_id,
             "node_id": check_identifier("node_id", item.node_id),
             "queue_type": check_identifier("queue_type", item.queue_type),
-            "payload": check_json("payload", item.payload, max_bytes),
+            "payload": RawValue(json_text("payload", item.payload, max_bytes)),
             "status": WorkItemStatus.PENDING.value,
             "priority": check_int(
                 "priority", item.priority, minimum=-MAX_PRIORITY, maximum=MAX_PRIORITY
@@ -111,11 +112,7 @@ class QueueRepository(Repository):
             "updated_at": now,
             "dead_lettered_at": None,
         }
-        execution = session.execute(
-            select(ExecutionRow.tenant_id, ExecutionRow.status).where(
-                ExecutionRow.id == item.execution_id
-            )
-        ).one_or_none()
+        execution = queries.select_execution(session, item.execution_id)
         if execution is None:
             raise NotFoundError(f"execution {item.execution_id} not found")
         tenant_id = self.context.check_child_tenant(item, execution.tenant_id)
@@ -124,7 +121,8 @@ class QueueRepository(Repository):
             raise InvalidTransitionError(
                 f"execution {item.execution_id} is {execution.status}; it takes no new work"
             )
-        session.add(WorkItemRow(tenant_id=tenant_id, **values))
+        values["tenant_id"] = tenant_id
+        queries.insert_work_item(session, values)
         return item.id
 
     def get(self, session: Session, item_id: uuid.UUID | str) -> WorkItem | None:
