@@ -7,11 +7,19 @@ import threading
 import time
 from pathlib import Path
 
+import asyncpg
 import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
-from statestore import DatabaseError, StateStore, StateStoreError, TenantError
+from statestore import (
+    DatabaseError,
+    StateStore,
+    StateStoreError,
+    TenantError,
+    WorkflowDefinition,
+    WorkflowExecution,
+)
 from statestore.db.schema import ExecutionRow
 from statestore.db.tenancy import TenantSession
 
@@ -137,3 +145,33 @@ async def test_postgres_cancelled_call_does_not_poison_kept_connections(pg_datab
         for _ in range(20):
             assert [t.id for t in await store.list_tenants()] == ["default"]
         assert time.monotonic() - started < 4  # not queued behind the cancelled pg_sleep
+
+
+async def test_postgres_read_on_a_dead_kept_connection_is_retried(pg_database: str) -> None:
+    """The runner keeps connections between calls and does not ping them: a read that meets
+    a connection the server dropped is retried once on a fresh one, transparently; a write
+    fails with DatabaseError (it may not be safe to repeat) and the next one succeeds."""
+    async with await StateStore.open(pg_database) as store:
+        await store.store_workflow(WorkflowDefinition(workflow_id="wf", version="1", ir={}))
+        execution = WorkflowExecution(workflow_id="wf", workflow_version="1")
+        await store.create_execution(execution)
+        backend_pid = lambda s: s.execute(text("SELECT pg_backend_pid()")).scalar()  # noqa: E731
+
+        async def kill_kept_connection() -> None:
+            pid = await store.run(backend_pid, write=False)
+            admin = await asyncpg.connect(pg_database)
+            try:
+                assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+            finally:
+                await admin.close()
+
+        for read in (store.list_tenants, lambda: store.get_execution(execution.execution_id)):
+            await kill_kept_connection()
+            assert await read()  # ORM path, then the driver path
+
+        await kill_kept_connection()
+        with pytest.raises(DatabaseError):
+            await store.update_execution_current_state(execution.execution_id, {"n": 1})
+        await store.update_execution_current_state(execution.execution_id, {"n": 2})
+        fetched = await store.get_execution(execution.execution_id)
+        assert fetched is not None and fetched.current_state == {"n": 2}

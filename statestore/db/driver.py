@@ -176,6 +176,9 @@ def _wrapped(
     dbapi = dialect.loaded_dbapi
     if not isinstance(exc, dbapi.Error):
         return exc
-    if dialect.is_disconnect(exc, connection.connection.dbapi_connection, cursor):
+    lost = dialect.is_disconnect(exc, connection.connection.dbapi_connection, cursor)
+    if lost:
         connection.invalidate(exc)
-    return sa_exc.DBAPIError.instance(compiled.sql, args, exc, dbapi.Error)
+    return sa_exc.DBAPIError.instance(
+        compiled.sql, args, exc, dbapi.Error, connection_invalidated=lost, dialect=dialect
+    )
