@@ -55,14 +55,10 @@ class DriverStatement:
     the statement's columns), already decoded by the column types' result processors.
     """
 
-    __slots__ = ("_by_dialect", "raw_results", "statement")
+    __slots__ = ("_by_dialect", "statement")
 
-    def __init__(self, statement: Executable, *, raw_results: frozenset[str] = frozenset()) -> None:
-        """``raw_results``: result columns returned as the driver gives them, undecoded (a
-        JSON column then comes back as text on SQLite, decoded by the driver on
-        PostgreSQL), for callers that decode them more cheaply themselves."""
+    def __init__(self, statement: Executable) -> None:
         self.statement = statement
-        self.raw_results = raw_results
         self._by_dialect: dict[str, _Compiled] = {}
 
     def execute(self, connection: Connection, params: Mapping[str, Any]) -> list[Any]:
@@ -80,7 +76,7 @@ class DriverStatement:
     def _compiled_for(self, dialect: Dialect) -> _Compiled:
         compiled = self._by_dialect.get(dialect.name)
         if compiled is None:  # a race compiles it twice; both are equal
-            compiled = _compile(self.statement, dialect, self.raw_results)
+            compiled = _compile(self.statement, dialect)
             self._by_dialect[dialect.name] = compiled
         return compiled
 
@@ -99,7 +95,7 @@ def _bind_args(compiled: _Compiled, params: Mapping[str, Any]) -> tuple[Any, ...
     return tuple(args)
 
 
-def _compile(statement: Executable, dialect: Dialect, raw_results: frozenset[str]) -> _Compiled:
+def _compile(statement: Executable, dialect: Dialect) -> _Compiled:
     compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
     assert isinstance(compiled, SQLCompiler)
     if compiled.positiontup is None:
@@ -117,8 +113,7 @@ def _compile(statement: Executable, dialect: Dialect, raw_results: frozenset[str
     # Each result column's key and type, in order (the statement's own columns: no text SQL).
     columns = compiled._result_columns
     result = tuple(
-        None if key in raw_results else _result_processor(column_type, dialect)
-        for key, _name, _objects, column_type in columns
+        _result_processor(column_type, dialect) for _key, _name, _objects, column_type in columns
     )
     row_type = None
     if columns:
