@@ -36,8 +36,10 @@ format: install
 	$(BIN)/python -m ruff format .
 	$(BIN)/python -m ruff check --fix .
 
+# The bench extra holds the peer libraries --peers measures beside the store.
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/run.py --peers
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build

@@ -58,6 +58,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import sqlalchemy
+from peers import PeerCell, bench_peers, peers_markdown
 
 from statestore import Event, NodeCompleted, StateStore, WorkflowExecution
 from statestore.repositories.auth import TOKEN_HASHES
@@ -1652,7 +1653,12 @@ def scaling_text(cells: Sequence[Cell]) -> str:
     return text + "."
 
 
-def document(cells: Sequence[Cell], info: dict[str, str], duration: float) -> str:
+def document(
+    cells: Sequence[Cell],
+    info: dict[str, str],
+    duration: float,
+    peers: Sequence[PeerCell] | None = None,
+) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{nproc()} CPUs (nproc), {cpu_model()}; {platform.system()} {platform.release()}"
     software = ", ".join(
@@ -1664,7 +1670,7 @@ def document(cells: Sequence[Cell], info: dict[str, str], duration: float) -> st
             f"asyncpg {asyncpg.__version__}",
         ]
     )
-    return f"""# Benchmarks
+    text = f"""# Benchmarks
 
 The store's hot paths against the raw driver running the same SQL on the same schema, in the
 same run. This file is written by `bench/run.py --write`; re-run it rather than editing the
@@ -1754,6 +1760,10 @@ numbers by hand.
 - SQLite: a temporary file, WAL, `synchronous=NORMAL` like the store's default (but the FULL
   row). PostgreSQL: a scratch database `{PG_DATABASE}`, dropped and re-created on each run.
 """
+    # --peers: the peer libraries beside the store (bench/peers.py).
+    if peers is not None:
+        text += f"\n## Peers\n\n{peers_markdown(list(peers))}\n"
+    return text
 
 
 # ------------------------------------------------------------------------------ main
@@ -1788,6 +1798,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="PostgreSQL server to use; the bench creates its own database there"
         " (default $STATESTORE_BENCH_PG_URL or postgresql://postgres@127.0.0.1:5432/test)",
     )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also measure the peer libraries (needs the bench extra)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = QUICK_DURATION
@@ -1816,6 +1831,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     info: dict[str, str] = {}
     started = time.perf_counter()
     cells, errors = asyncio.run(run(args, info))
+    peer_cells: list[PeerCell] | None = None
+    if args.peers:
+        peer_cells = asyncio.run(bench_peers(args.duration, args.pg_url, only=args.only))
     for cell in cells:
         errors += cell.errors()
     progress(f"done in {time.perf_counter() - started:.1f} s")
@@ -1823,6 +1841,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(markdown_table(cells))
         print()
         print(LEGEND)
+    if peer_cells is not None:
+        print()
+        print("## Peers")
+        print()
+        print(peers_markdown(peer_cells))
     for error in errors:
         print(f"ERROR: {error}", file=sys.stderr)
     if errors:
@@ -1832,7 +1855,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.write:
         target = Path(args.write)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(document(cells, info, args.duration), encoding="utf-8")
+        target.write_text(document(cells, info, args.duration, peer_cells), encoding="utf-8")
         progress(f"wrote {target}")
     return 0
 

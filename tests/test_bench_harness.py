@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 # (operation, callers) of every SQLite row.
@@ -106,3 +109,51 @@ def test_quick_sqlite_run_prints_the_table(tmp_path: Path) -> None:
         assert f"| {operation} " in document, operation
     for cell in ("**claim+complete**", "**claim+complete x100**", "**validate_token**"):
         assert cell in document, cell
+
+
+# The SQLite peers of `bench/run.py --peers` (the bench extra), as (operation, peer) rows.
+SQLITE_PEER_ROWS = {
+    ("append_event", "eventsourcing recorder"),
+    ("get_events", "eventsourcing recorder"),
+    ("enqueue", "persist-queue SQLiteAckQueue"),
+    ("claim+complete", "persist-queue SQLiteAckQueue"),
+}
+PEER_NUMBER_COLUMNS = ("peer ops/s", "peer p50 µs", "peer p99 µs", "store ops/s", "ratio")
+
+
+def test_quick_sqlite_run_with_peers_prints_the_peers_table(tmp_path: Path) -> None:
+    missing = [m for m in ("eventsourcing", "persistqueue") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed: pip install -e '.[bench]'")
+    written = tmp_path / "benchmarks.md"
+    command = [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--only", "sqlite"]
+    result = subprocess.run(
+        [*command, "--peers", "--write", str(written)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    lines = result.stdout.splitlines()
+    start = next(
+        i for i, line in enumerate(lines) if line.startswith("| backend") and "peer ops/s" in line
+    )
+    columns = [cell.strip() for cell in lines[start].strip().strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        rows.append(dict(zip(columns, cells, strict=True)))
+    assert {(row["operation"], row["peer"]) for row in rows} == SQLITE_PEER_ROWS
+    for row in rows:
+        assert row["backend"] == "sqlite", row
+        for column in PEER_NUMBER_COLUMNS:
+            assert number(row[column]) > 0, (column, row)
+    # The legend says what each peer does and at which durability both sides ran.
+    assert "synchronous" in result.stdout and "persist-queue" in result.stdout
+    document = written.read_text(encoding="utf-8")
+    assert "## Peers" in document and "| eventsourcing recorder " in document
