@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint format bench clean
+.PHONY: install demo test test-slow lint format bench bench-scale clean
 
 install: $(STAMP)
 
@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 demo: install
@@ -36,10 +36,13 @@ format: install
 	$(BIN)/python -m ruff format .
 	$(BIN)/python -m ruff check --fix .
 
-# The bench extra holds the peer libraries --peers measures beside the store.
+# The bench extra (installed with dev) holds the peer libraries --peers measures.
 bench: install
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python bench/run.py --peers
+	$(BIN)/python bench/run.py --peers --write docs/benchmarks.md
+
+# Tables of a million rows and a million-event history (several minutes).
+bench-scale: install
+	$(BIN)/python bench/scale.py --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build

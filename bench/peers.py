@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import importlib.metadata
 import importlib.util
-import json
 import logging
 import math
 import os
@@ -36,16 +35,16 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
+from common import KIND, Timing, check, dumps, fmt_ratio, pg_admin, progress, with_database
 
 from statestore import Event, StateStore, WorkflowDefinition, WorkflowExecution, WorkItem
-from statestore.event_kinds import NodeCompleted
 
 AsyncOp = Callable[[], Awaitable[object]]
 SyncOp = Callable[[], object]
@@ -80,13 +79,6 @@ WORKFLOW_VERSION = "1"
 WORKER = "worker-1"
 QUEUE = "bench"
 NODE = "summarise"
-# The event (~200 B of JSON) every append writes and every read returns, store and peer.
-KIND = NodeCompleted(
-    node_id="summarise",
-    output={"summary": "The page describes the quarterly results and the outlook.", "tokens": 412},
-    state_patch={"summarise": "done", "step": 3},
-    duration_ms=1834,
-)
 # A work item's payload (~200 B of JSON), store and peer.
 WORK_PAYLOAD: dict[str, Any] = {
     "node": "summarise",
@@ -99,11 +91,6 @@ WORK_PAYLOAD: dict[str, Any] = {
     "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
     "tags": ["finance", "quarterly"],
 }
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON text, as the store writes it."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 EVENT_BYTES = dumps(KIND.to_json_dict()).encode()
@@ -127,39 +114,7 @@ PEER_DISTRIBUTIONS = ("eventsourcing", "persist-queue", "pgqueuer", "procrastina
 """Whose versions the legend lists."""
 
 
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def check(condition: bool, message: str) -> None:
-    if not condition:
-        raise RuntimeError(message)
-
-
 # ------------------------------------------------------------------------------ timing
-
-
-@dataclass
-class Timing:
-    """Calls, items, timed wall time and per-call latencies of one side of a cell."""
-
-    calls: int = 0
-    items: int = 0
-    elapsed_ns: int = 0
-    latencies_ns: list[int] = field(default_factory=list)
-
-    @property
-    def ops_s(self) -> float:
-        """Items per second over the timed wall time (one item per call unless batched)."""
-        return self.items / (self.elapsed_ns / 1e9) if self.elapsed_ns else 0.0
-
-    def percentile_us(self, p: float) -> float:
-        """Nearest-rank percentile of the per-call latency in µs; NaN without latencies."""
-        values = sorted(self.latencies_ns)
-        if not values:
-            return math.nan
-        k = min(len(values) - 1, max(0, round(p / 100.0 * (len(values) - 1))))
-        return values[k] / 1000.0
 
 
 def async_loop(
@@ -629,10 +584,6 @@ async def sqlite_persist_queue(folder: Path, duration: float, out: list[PeerCell
 # ------------------------------------------------------------------------------ PostgreSQL peers
 
 
-def with_database(url: str, database: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
-
-
 @dataclass
 class PgScratch:
     """The scratch database of one peer: its URL and a maintenance connection."""
@@ -648,15 +599,6 @@ class PgScratch:
             await self.conn.execute(f"VACUUM ANALYZE {table}")
 
         return vacuum
-
-
-async def pg_admin(admin_url: str, *statements: str) -> None:
-    conn = await asyncpg.connect(admin_url, timeout=5)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
 
 
 @contextlib.asynccontextmanager
@@ -933,12 +875,6 @@ def fmt_us(value: float) -> str:
     if math.isnan(value):
         return "-"
     return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
-
-
-def fmt_ratio(ratio: float | None) -> str:
-    if ratio is None:
-        return "n/a"
-    return f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.3f}"
 
 
 def escape(text: str) -> str:

@@ -38,31 +38,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
+from common import (
+    KIND,
+    SCALE_BEGIN,
+    SCALE_END,
+    dumps,
+    pg_admin,
+    progress,
+    scale_block,
+    with_database,
+    write_document,
+)
 from sqlalchemy import event, text
 
 from statestore import Event, StateStore, WorkflowDefinition, WorkflowExecution, WorkItem
-from statestore.event_kinds import NodeCompleted
 
 REPO = Path(__file__).resolve().parent.parent
-BEGIN_MARK, END_MARK = "<!-- scale -->", "<!-- /scale -->"
 DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 SCRATCH_DB = "statestore_bench_scale"
 QUEUE = "scale"
-KIND = NodeCompleted(
-    node_id="summarise",
-    output={"summary": "The page describes the quarterly results and the outlook.", "tokens": 412},
-    state_patch={"summarise": "done", "step": 3},
-    duration_ms=1834,
-)
-KIND_TEXT = json.dumps(KIND.to_json_dict(), separators=(",", ":"))
+KIND_TEXT = dumps(KIND.to_json_dict())
 PAYLOAD = {"node": "summarise", "input": {"url": "https://example.com/q3"}}
 SAMPLES = 400  # timed calls per operation and table size
 APPEND_BATCH = 1000
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def rss_mib() -> float:
@@ -314,21 +312,16 @@ async def bench_backend(url: str, backend: str, rows: int, small: int) -> Backen
 
 
 async def scratch_postgres(admin_url: str) -> str:
-    connection = await asyncpg.connect(admin_url)
-    try:
-        await connection.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DB}")
-        await connection.execute(f"CREATE DATABASE {SCRATCH_DB}")
-    finally:
-        await connection.close()
-    return admin_url.rsplit("/", 1)[0] + "/" + SCRATCH_DB
+    await pg_admin(
+        admin_url,
+        f"DROP DATABASE IF EXISTS {SCRATCH_DB} WITH (FORCE)",
+        f"CREATE DATABASE {SCRATCH_DB}",
+    )
+    return with_database(admin_url, SCRATCH_DB)
 
 
 async def drop_postgres(admin_url: str) -> None:
-    connection = await asyncpg.connect(admin_url)
-    try:
-        await connection.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DB}")
-    finally:
-        await connection.close()
+    await pg_admin(admin_url, f"DROP DATABASE IF EXISTS {SCRATCH_DB} WITH (FORCE)")
 
 
 async def run(args: argparse.Namespace) -> list[BackendResult]:
@@ -399,18 +392,6 @@ def markdown(results: Sequence[BackendResult], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Put ``section`` between the scale markers of ``path``, replacing an earlier one."""
-    block = f"{BEGIN_MARK}\n{section}{END_MARK}\n"
-    existing = path.read_text(encoding="utf-8") if path.exists() else ""
-    if BEGIN_MARK in existing and END_MARK in existing:
-        before, rest = existing.split(BEGIN_MARK, 1)
-        after = rest.split(END_MARK, 1)[1].lstrip("\n")
-        path.write_text(before + block + after, encoding="utf-8")
-    else:
-        path.write_text(existing.rstrip("\n") + "\n\n" + block, encoding="utf-8")
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -432,7 +413,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     section = markdown(results, args)
     print(section)
     if args.write:
-        write_section(REPO / args.write, section)
+        target = REPO / args.write
+        existing = target.read_text(encoding="utf-8") if target.exists() else ""
+        rest = existing.replace(scale_block(existing), "")
+        write_document(target, rest, scale=f"{SCALE_BEGIN}\n{section}{SCALE_END}\n")
         progress(f"wrote the scale section of {args.write}")
     return 0
 

@@ -43,27 +43,25 @@ def number(text: str) -> float:
     return float(text.replace(",", ""))
 
 
-def test_quick_sqlite_run_prints_the_table(tmp_path: Path) -> None:
-    written = tmp_path / "benchmarks.md"
+def run_bench(script: str, *args: str) -> str:
+    """Run ``bench/<script>`` with ``args``; its standard output (it must succeed)."""
     result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "run.py"),
-            "--quick",
-            "--only",
-            "sqlite",
-            "--write",
-            str(written),
-        ],
+        [sys.executable, str(REPO / "bench" / script), *args],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
 
-    header = next(line for line in result.stdout.splitlines() if line.startswith("| backend"))
+
+def test_quick_sqlite_run_prints_the_table(tmp_path: Path) -> None:
+    written = tmp_path / "benchmarks.md"
+    stdout = run_bench("run.py", "--quick", "--only", "sqlite", "--write", str(written))
+
+    header = next(line for line in stdout.splitlines() if line.startswith("| backend"))
     columns = [cell.strip() for cell in header.strip().strip("|").split("|")]
     assert columns == [
         "backend",
@@ -82,7 +80,7 @@ def test_quick_sqlite_run_prints_the_table(tmp_path: Path) -> None:
         "target",
     ]
 
-    rows = table_rows(result.stdout)
+    rows = table_rows(stdout)
     assert {row[0] for row in rows} == {"sqlite"}
     found = [(row[1], int(row[2])) for row in rows]
     assert sorted(found) == sorted(SQLITE_ROWS)
@@ -126,18 +124,9 @@ def test_quick_sqlite_run_with_peers_prints_the_peers_table(tmp_path: Path) -> N
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed: pip install -e '.[bench]'")
     written = tmp_path / "benchmarks.md"
-    command = [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--only", "sqlite"]
-    result = subprocess.run(
-        [*command, "--peers", "--write", str(written)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    stdout = run_bench("run.py", "--quick", "--only", "sqlite", "--peers", "--write", str(written))
 
-    lines = result.stdout.splitlines()
+    lines = stdout.splitlines()
     start = next(
         i for i, line in enumerate(lines) if line.startswith("| backend") and "peer ops/s" in line
     )
@@ -154,6 +143,29 @@ def test_quick_sqlite_run_with_peers_prints_the_peers_table(tmp_path: Path) -> N
         for column in PEER_NUMBER_COLUMNS:
             assert number(row[column]) > 0, (column, row)
     # The legend says what each peer does and at which durability both sides ran.
-    assert "synchronous" in result.stdout and "persist-queue" in result.stdout
+    assert "synchronous" in stdout and "persist-queue" in stdout
     document = written.read_text(encoding="utf-8")
     assert "## Peers" in document and "| eventsourcing recorder " in document
+
+
+def test_scale_run_measures_both_sizes_and_memory(tmp_path: Path) -> None:
+    """bench/scale.py at a small size: both table sizes, the claim plan, RSS samples, and
+    its section written between the markers of an existing document (the rest kept)."""
+    written = tmp_path / "benchmarks.md"
+    written.write_text("# Benchmarks\n\nkept\n", encoding="utf-8")
+    args = ("--rows", "3000", "--small", "300", "--only", "sqlite", "--write", str(written))
+    stdout = run_bench("scale.py", *args)
+    latency = {
+        (row[0], row[1])
+        for row in table_rows(stdout)
+        if row[1] in ("claim_work_item", "append_event")
+    }
+    assert latency == {("sqlite", "claim_work_item"), ("sqlite", "append_event")}
+    assert "ix_work_items_claim" in stdout
+    memory = [row for row in table_rows(stdout) if row[1] in ("append_events", "iter_events")]
+    assert [row[2] for row in memory] == ["3,000", "3,000"]
+    document = written.read_text(encoding="utf-8")
+    assert document.startswith("# Benchmarks\n\nkept\n")
+    assert document.count("<!-- scale -->") == 1 and "## Scale" in document
+    run_bench("scale.py", *args)  # a second run replaces the section
+    assert written.read_text(encoding="utf-8").count("## Scale") == 1

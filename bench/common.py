@@ -1,0 +1,152 @@
+"""What the benchmark scripts share: the event they write, JSON text, timing, output."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from statestore.event_kinds import NodeCompleted
+
+# The event (~200 B of JSON) every timed append writes and every read returns.
+KIND = NodeCompleted(
+    node_id="summarise",
+    output={"summary": "The page describes the quarterly results and the outlook.", "tokens": 412},
+    state_patch={"summarise": "done", "step": 3},
+    duration_ms=1834,
+)
+
+
+def dumps(value: Any) -> str:
+    """JSON text the way the store serialises it (compact, UTF-8, no NaN)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+_console = Console(stderr=True, highlight=False, soft_wrap=True)
+_bar: Progress | None = None
+_task: TaskID | None = None
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr (stdout carries the results), printed above the progress
+    bar when one is showing."""
+    _console.print(message, markup=False)
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, description: str = "cells") -> Iterator[None]:
+    """Show a bar of ``total`` steps on stderr while the block runs (a terminal only; logs
+    keep the plain lines); :func:`step` advances it."""
+    global _bar, _task
+    if not _console.is_terminal:
+        yield
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=_console, transient=True) as bar:
+        _bar, _task = bar, bar.add_task(description, total=total)
+        try:
+            yield
+        finally:
+            _bar = _task = None
+
+
+def step(description: str | None = None) -> None:
+    """One step of the current progress bar done (nothing without a bar)."""
+    if _bar is not None and _task is not None:
+        _bar.update(_task, advance=1, description=description or _bar.tasks[0].description)
+
+
+def check(condition: bool, message: str) -> None:
+    """Stop the run when a benchmarked call did not do what it should."""
+    if not condition:
+        raise RuntimeError(message)
+
+
+@dataclass
+class Timing:
+    """Calls, items, timed wall time and per-call latencies of one side of a cell."""
+
+    calls: int = 0
+    items: int = 0
+    elapsed_ns: int = 0
+    latencies_ns: list[int] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.calls > 0
+
+    @property
+    def ops_s(self) -> float:
+        """Operations per second; for batched calls, items per second."""
+        return self.items / (self.elapsed_ns / 1e9) if self.elapsed_ns else 0.0
+
+    def percentile_us(self, p: float) -> float:
+        """Nearest-rank percentile of the per-call latency in µs; NaN without latencies."""
+        values = sorted(self.latencies_ns)
+        if not values:
+            return float("nan")
+        k = min(len(values) - 1, max(0, round(p / 100.0 * (len(values) - 1))))
+        return values[k] / 1000.0
+
+
+def fmt_ratio(ratio: float | None) -> str:
+    """A ratio with two decimals (three below 0.1); "n/a" when there is none."""
+    if ratio is None:
+        return "n/a"
+    return f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.3f}"
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` pointing at another database on the same server."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+async def pg_admin(admin_url: str, *statements: str) -> None:
+    """Run administrative statements (CREATE/DROP DATABASE) one by one, outside a
+    transaction."""
+    conn = await asyncpg.connect(admin_url, timeout=5)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+SCALE_BEGIN, SCALE_END = "<!-- scale -->", "<!-- /scale -->"
+"""Markers of the section bench/scale.py writes into docs/benchmarks.md."""
+
+
+def scale_block(text: str) -> str:
+    """The scale section of a document, markers included ("" if it has none)."""
+    if SCALE_BEGIN not in text or SCALE_END not in text:
+        return ""
+    inside = text.split(SCALE_BEGIN, 1)[1].split(SCALE_END, 1)[0]
+    return f"{SCALE_BEGIN}{inside}{SCALE_END}\n"
+
+
+def write_document(path: Path, text: str, *, scale: str | None = None) -> None:
+    """Write ``path``: ``text`` plus its scale section, which is ``scale`` (markers
+    included) when given, else the one ``path`` already holds (so either script may rewrite
+    the document without losing the other's part)."""
+    existing = path.read_text(encoding="utf-8") if path.exists() else ""
+    block = scale if scale is not None else scale_block(existing)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = text.rstrip("\n") + "\n"
+    path.write_text(body + ("\n" + block if block else ""), encoding="utf-8")
