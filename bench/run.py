@@ -121,7 +121,7 @@ DEFAULT_PG_ADMIN_URL = os.environ.get(
 )
 PG_DATABASE = "statestore_bench"
 # The commit at which the store was profiled for the "where we stand" explanation.
-PROFILED_AT = "14961a0"
+PROFILED_AT = "9498003"
 TENANT = "default"
 WORKFLOW_ID = "order-workflow"
 WORKFLOW_VERSION = "1"
