@@ -435,7 +435,7 @@ class StateStore:
 
     async def enqueue_work_item(self, item: WorkItem) -> uuid.UUID:
         """Add a work item (pending; delayed until ``available_at`` if set); returns its id."""
-        return await self._write(self.queue.enqueue, item)
+        return await self._write_one(self.queue.enqueue, item)
 
     async def claim_work_item(self, worker_id: str, queue_types: Sequence[str]) -> WorkItem | None:
         """Atomically lease the next due pending item of these queue types (highest

@@ -101,6 +101,9 @@ def _compile(statement: Executable, dialect: Dialect) -> _Compiled:
     if compiled.positiontup is None:
         raise TypeError(f"{dialect.name}: DriverStatement needs a positional paramstyle")
     names = tuple(compiled.positiontup)
+    expanding = [name for name in names if compiled.binds[name].expanding]
+    if expanding:  # their SQL is rendered per call; build one statement per list length
+        raise TypeError(f"DriverStatement cannot take expanding parameters: {expanding}")
     # Parameters the compiler added with a value of their own (e.g. SQLite's "OFFSET ?").
     defaults = {
         name: compiled.binds[name].effective_value

@@ -42,6 +42,7 @@ from statestore.db.driver import DriverStatement
 from statestore.db.schema import ApiTokenRow, EventRow, ExecutionRow, TenantRow, WorkItemRow
 from statestore.db.tenancy import session_scope
 from statestore.db.types import UTCDateTime
+from statestore.models import TenantStatus, WorkflowStatus
 
 _executions: Table = ExecutionRow.__table__  # type: ignore[assignment]
 _events: Table = EventRow.__table__  # type: ignore[assignment]
@@ -291,18 +292,40 @@ CLAIMED: ColumnElement[str] = literal_column("'claimed'")
 DEAD_LETTERED: ColumnElement[str] = literal_column("'dead_lettered'")
 
 
-_INSERT_ITEM = DriverStatement(
-    insert(_items).values(
-        {column.name: bindparam(column.name, type_=column.type) for column in _items.c}
+def _enqueue(tenant: TenantPredicate) -> Executable:
+    """Insert a pending work item, taking its tenant from its execution, only if the
+    execution is visible in this scope, not finished, and its tenant is active: ``INSERT
+    INTO work_items … SELECT …, e.tenant_id FROM workflow_executions e JOIN tenants t …
+    RETURNING id``. One statement, so it needs no transaction around it."""
+    given = {
+        column.name: bindparam(column.name, type_=column.type)
+        for column in _items.c
+        if column.name not in ("execution_id", "tenant_id")
+    }
+    source = (
+        select(*given.values(), _executions.c.id, _executions.c.tenant_id)
+        .select_from(_executions.join(_tenants, _tenants.c.id == _executions.c.tenant_id))
+        .where(
+            _executions.c.id == bindparam("p_execution_id"),
+            _executions.c.status.not_in(
+                [literal_column(f"'{s.value}'") for s in WorkflowStatus if s.is_terminal]
+            ),
+            _tenants.c.status == TenantStatus.ACTIVE.value,
+            *tenant(_executions),
+        )
     )
-)
+    return (
+        insert(_items)
+        .from_select([*given, "execution_id", "tenant_id"], source)
+        .returning(_items.c.id)
+    )
 
 
-def insert_work_item(session: Session, values: dict[str, Any]) -> None:
-    """Insert a work item row (its ``tenant_id`` already taken from the execution). The
-    payload may be :class:`~statestore.db.driver.RawValue` JSON text."""
-    session_scope(session)
-    _INSERT_ITEM.execute(_connection(session), values)
+def enqueue_item(session: Session, values: dict[str, Any], execution_id: uuid.UUID) -> bool:
+    """Insert a work item for ``execution_id`` (``values``: every other column; the payload
+    may be :class:`~statestore.db.driver.RawValue` JSON text). ``False`` if nothing was
+    inserted: the execution is missing in this scope, finished, or its tenant not active."""
+    return bool(_run(session, _ENQUEUE, {**values, "p_execution_id": execution_id}))
 
 
 def _claim(tenant: TenantPredicate, type_count: int) -> Executable:
@@ -387,6 +410,50 @@ def _complete(tenant: TenantPredicate, by_worker: bool, by_fence: bool) -> Execu
         )
         .returning(_items.c.id)
     )
+
+
+def _renew(tenant: TenantPredicate, by_fence: bool) -> Executable:
+    conditions = [
+        _items.c.id == bindparam("p_id"),
+        _items.c.status == CLAIMED,
+        _items.c.worker_id == bindparam("p_worker"),
+        _items.c.lease_expires_at > bindparam("p_now", type_=UTCDateTime()),
+        *tenant(_items),
+    ]
+    if by_fence:
+        conditions.append(_items.c.lease_fence == bindparam("p_fence", type_=BigInteger))
+    return (
+        update(_items)
+        .where(*conditions)
+        .values(
+            lease_expires_at=bindparam("p_expires", type_=UTCDateTime()),
+            updated_at=bindparam("p_now", type_=UTCDateTime()),
+        )
+        .returning(_items.c.id)
+    )
+
+
+_RENEW = {
+    by_fence: _variants(lambda tenant, f=by_fence: _renew(tenant, f))  # type: ignore[misc]
+    for by_fence in (False, True)
+}
+
+
+def renew_lease(
+    session: Session,
+    item_id: uuid.UUID,
+    worker_id: str,
+    lease_fence: int | None,
+    now: datetime,
+    expires: datetime,
+) -> bool:
+    """Extend the unexpired lease ``worker_id`` (and ``lease_fence``, when given) holds on a
+    claimed item to ``expires``, in one conditional UPDATE; ``False`` if it holds none."""
+    params: dict[str, Any] = {"p_id": item_id, "p_worker": worker_id, "p_now": now}
+    params["p_expires"] = expires
+    if lease_fence is not None:
+        params["p_fence"] = lease_fence
+    return bool(_run(session, _RENEW[lease_fence is not None], params))
 
 
 _COMPLETE = {
@@ -480,6 +547,9 @@ _TENANT = {
     False: DriverStatement(_TENANT_ROW),
     True: DriverStatement(_TENANT_ROW.with_for_update()),
 }
+
+
+_ENQUEUE = _variants(_enqueue)
 
 
 def select_tenant(session: Session, tenant_id: str, *, lock: bool = False) -> Any:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
+from sqlalchemy.orm import Session
 
+from statestore.db import queries
 from statestore.db.tenancy import Scope
-from statestore.errors import ConfigurationError, TenantError
+from statestore.errors import ConfigurationError, NotFoundError, TenantError
 from statestore.validation import check_tenant_id
 
 NO_SYNC = {"synchronize_session": False}
@@ -70,3 +73,18 @@ class Repository:
 
     def __init__(self, context: StoreContext) -> None:
         self.context = context
+
+
+def refuse_foreign_child(
+    context: StoreContext, session: Session, model: BaseModel, execution_id: uuid.UUID
+) -> None:
+    """Events and work items take their execution's tenant. On a scoped store, a model
+    explicitly naming another tenant is refused with :class:`TenantError`, but only once the
+    execution is known to be visible: otherwise :class:`NotFoundError`, as the write itself
+    would have said."""
+    try:
+        context.check_model_tenant(model)
+    except TenantError:
+        if queries.select_sequence_if_exists(session, execution_id) is None:
+            raise NotFoundError(f"execution {execution_id} not found") from None
+        raise

@@ -13,12 +13,11 @@ from statestore.db.driver import RawValue
 from statestore.errors import (
     NotFoundError,
     SequenceConflictError,
-    TenantError,
     ValidationError,
 )
 from statestore.event_kinds import BaseEventKind, load_stored_kind, parse_event_kind
 from statestore.models import Event
-from statestore.repositories.base import Repository
+from statestore.repositories.base import Repository, refuse_foreign_child
 from statestore.validation import (
     check_int,
     check_optional_int,
@@ -50,7 +49,7 @@ class EventRepository(Repository):
         event = coerce_model("event", Event, event)
         event_type, kind = self._kind_json(event.kind)
         expected = check_optional_int("expected_sequence", expected_sequence, minimum=0)
-        self._check_tenant(session, event)
+        refuse_foreign_child(self.context, session, event, event.execution_id)
         values = {
             "p_id": event.id,
             "p_execution_id": event.execution_id,
@@ -120,16 +119,6 @@ class EventRepository(Repository):
         if row is None:
             self._refused(session, execution_id, expected)
         return row.last_sequence - count + 1, row.tenant_id
-
-    def _check_tenant(self, session: Session, event: Event) -> None:
-        """The event takes its execution's tenant; on a scoped store, an event naming another
-        tenant is refused (after "not found", as if the append had been tried)."""
-        try:
-            self.context.check_model_tenant(event)
-        except TenantError:
-            if queries.select_sequence_if_exists(session, event.execution_id) is None:
-                raise NotFoundError(f"execution {event.execution_id} not found") from None
-            raise
 
     @staticmethod
     def _refused(session: Session, execution_id: uuid.UUID, expected: int | None) -> NoReturn:

@@ -13,7 +13,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -22,13 +22,14 @@ from statestore.db import queries
 from statestore.db.driver import RawValue
 from statestore.db.schema import ExecutionRow, WorkItemRow
 from statestore.errors import (
+    ConflictError,
     InvalidTransitionError,
     LeaseLostError,
     NotFoundError,
     ValidationError,
 )
 from statestore.models import DeadLetter, WorkflowStatus, WorkItem, WorkItemStatus
-from statestore.repositories.base import NO_SYNC, Repository
+from statestore.repositories.base import NO_SYNC, Repository, refuse_foreign_child
 from statestore.repositories.tenants import require_active_tenant
 from statestore.validation import (
     check_identifier,
@@ -91,7 +92,6 @@ class QueueRepository(Repository):
         now = self.context.now()
         values: dict[str, Any] = {
             "id": item.id,
-            "execution_id": item.execution_id,
             "node_id": check_identifier("node_id", item.node_id),
             "queue_type": check_identifier("queue_type", item.queue_type),
             "payload": RawValue(json_text("payload", item.payload, max_bytes)),
@@ -112,18 +112,23 @@ class QueueRepository(Repository):
             "updated_at": now,
             "dead_lettered_at": None,
         }
-        execution = queries.select_execution(session, item.execution_id)
+        refuse_foreign_child(self.context, session, item, item.execution_id)
+        if not queries.enqueue_item(session, values, item.execution_id):
+            self._explain_refused_enqueue(session, item.execution_id)
+        return item.id
+
+    @staticmethod
+    def _explain_refused_enqueue(session: Session, execution_id: uuid.UUID) -> NoReturn:
+        execution = queries.select_execution(session, execution_id)
         if execution is None:
-            raise NotFoundError(f"execution {item.execution_id} not found")
-        tenant_id = self.context.check_child_tenant(item, execution.tenant_id)
-        require_active_tenant(session, tenant_id)
+            raise NotFoundError(f"execution {execution_id} not found")
+        require_active_tenant(session, execution.tenant_id)
         if WorkflowStatus(execution.status).is_terminal:
             raise InvalidTransitionError(
-                f"execution {item.execution_id} is {execution.status}; it takes no new work"
+                f"execution {execution_id} is {execution.status}; it takes no new work"
             )
-        values["tenant_id"] = tenant_id
-        queries.insert_work_item(session, values)
-        return item.id
+        # It changed between the insert and this look: the caller may simply retry.
+        raise ConflictError(f"execution {execution_id} changed while enqueueing; retry")
 
     def get(self, session: Session, item_id: uuid.UUID | str) -> WorkItem | None:
         row = session.get(WorkItemRow, check_uuid("item_id", item_id))
@@ -164,22 +169,7 @@ class QueueRepository(Repository):
         fence = check_optional_int("lease_fence", lease_fence, minimum=0)
         now = self.context.now()
         expires = now + self.context.lease_duration
-        conditions = [
-            WorkItemRow.id == item_id,
-            WorkItemRow.status == queries.CLAIMED,
-            WorkItemRow.worker_id == worker_id,
-            WorkItemRow.lease_expires_at > now,
-        ]
-        if fence is not None:
-            conditions.append(WorkItemRow.lease_fence == fence)
-        renewed = session.execute(
-            update(WorkItemRow)
-            .where(*conditions)
-            .values(lease_expires_at=expires, updated_at=now)
-            .returning(WorkItemRow.id)
-            .execution_options(**NO_SYNC)
-        ).first()
-        if renewed is None:
+        if not queries.renew_lease(session, item_id, worker_id, fence, now, expires):
             self._require_exists(session, item_id)
             raise LeaseLostError(
                 f"worker {worker_id!r} does not hold an unexpired lease on work item {item_id}"

@@ -1,0 +1,90 @@
+"""db/driver.py: hot-path statements compiled once per dialect, run on the DBAPI cursor."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, create_engine, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from statestore.db import queries
+from statestore.db.driver import DriverStatement, RawValue
+from statestore.db.types import UTCDateTime, json_type
+
+DIALECTS = [sqlite.pysqlite.dialect(), postgresql.asyncpg.dialect()]
+
+
+def every_statement() -> list[DriverStatement]:
+    """Every DriverStatement queries.py builds up front (variants and dict-held ones)."""
+    found: list[DriverStatement] = []
+
+    def collect(value: Any) -> None:
+        if isinstance(value, DriverStatement):
+            found.append(value)
+        elif isinstance(value, tuple | list):
+            for item in value:
+                collect(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+
+    # The statements built per list length on first use, at a few lengths.
+    collect([queries._claim_variants(n) for n in (1, 3)])
+    collect([queries._variants(lambda t, n=n: queries._complete_each(t, n)) for n in (1, 3)])
+    for value in vars(queries).values():
+        collect(value)
+    return found
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.name)
+def test_every_hot_path_statement_compiles_for_both_dialects(dialect: Any) -> None:
+    statements = every_statement()
+    assert len(statements) >= 20  # the variants of every hot path
+    for statement in statements:
+        compiled = statement._compiled_for(dialect)
+        assert compiled.sql and "POSTCOMPILE" not in compiled.sql
+
+
+def test_expanding_parameters_are_refused() -> None:
+    table = Table("t", MetaData(), Column("x", Integer))
+    statement = DriverStatement(select(table.c.x).where(table.c.x.in_([1, 2])))
+    with pytest.raises(TypeError, match="expanding"):
+        statement._compiled_for(sqlite.pysqlite.dialect())
+
+
+def test_values_are_encoded_and_decoded_by_the_column_types(tmp_path: Path) -> None:
+    """Binds go through the types' processors (an aware datetime stored as SQLAlchemy
+    stores it, JSON serialised), rows come back decoded; a RawValue is bound as given; a
+    driver error arrives wrapped as SQLAlchemy wraps it."""
+    metadata = MetaData()
+    table = Table(
+        "t",
+        metadata,
+        Column("id", String(8), primary_key=True),
+        Column("at", UTCDateTime()),
+        Column("doc", json_type()),
+    )
+    engine = create_engine(f"sqlite:///{tmp_path / 'd.db'}")
+    metadata.create_all(engine)
+    insert = DriverStatement(
+        table.insert().values(
+            id=bindparam("id"), at=bindparam("at", type_=UTCDateTime()), doc=bindparam("doc")
+        )
+    )
+    read = DriverStatement(select(table).where(table.c.id == bindparam("id")))
+    at = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    with engine.begin() as connection:
+        insert.execute(connection, {"id": "a", "at": at, "doc": {"k": [1, "two"]}})
+        insert.execute(connection, {"id": "b", "at": at, "doc": RawValue('{"raw":true}')})
+        stored = connection.exec_driver_sql("SELECT at, doc FROM t WHERE id = 'a'").one()
+        assert stored == ("2026-01-02 03:04:05.000006", '{"k": [1, "two"]}')
+        (row,) = read.execute(connection, {"id": "a"})
+        assert (row.id, row.at, row.doc) == ("a", at, {"k": [1, "two"]})
+        assert read.execute(connection, {"id": "b"})[0].doc == {"raw": True}
+        with pytest.raises(IntegrityError):
+            insert.execute(connection, {"id": "a", "at": at, "doc": {}})
+    engine.dispose()
