@@ -310,8 +310,11 @@ class StateStore:
         return await self._shared.runner.read(lambda s: op(s, *args), self._scope)
 
     async def run(self, op: Callable[[Session], T], *, write: bool = True) -> T:
-        """Run your own sync ``op(session)`` as one transaction through the store's runner,
-        with this view's tenant filter (advanced use: compose repository methods)."""
+        """Run your own sync ``op(session)`` through the store's runner, with this view's
+        tenant filter (advanced use: compose repository methods). ``write=True``: one
+        transaction. ``write=False`` is for an ``op`` that only reads: it runs on a reader
+        (SQLite) or without a transaction around it (PostgreSQL autocommit, each statement
+        its own snapshot), and may be run again once if its connection turned out dead."""
         return await (self._write(op) if write else self._read(op))
 
     # ------------------------------------------------------------------ workflows

@@ -170,10 +170,14 @@ def _has_only_str_keys(value: object) -> bool:
                     stack.append(child)
         elif isinstance(item, list | tuple):
             stack.extend(child for child in item if isinstance(child, _CONTAINERS))
+        elif isinstance(item, pydantic.BaseModel):  # dumped as its fields (and extras)
+            stack.append(vars(item))
+            if item.__pydantic_extra__:
+                stack.append(item.__pydantic_extra__)
     return True
 
 
-_CONTAINERS = (dict, list, tuple)
+_CONTAINERS = (dict, list, tuple, pydantic.BaseModel)
 
 
 def coerce_model(name: str, model_type: type[M], value: object) -> M:

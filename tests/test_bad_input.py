@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from statestore import (
@@ -54,6 +55,12 @@ LONG = "a" * 256
 MAX = "a" * 255
 BIG = "x" * 200  # over max_json_bytes=100 once serialised
 NAIVE = datetime(2024, 5, 1, 12, 0, 0)
+
+
+class Holder(BaseModel):
+    """A model inside a custom kind's extra field (dumped as its fields)."""
+
+    data: dict[Any, Any]
 
 
 @dataclass
@@ -278,6 +285,12 @@ EVENT_CASES: list[Case] = [
     ("kind Infinity", lambda w: w.store.append_event(ev(w, CustomEvent(type="c", v=[INF]))), V),
     ("kind NUL value", lambda w: w.store.append_event(ev(w, WorkflowFailed(error=NUL))), V),
     ("kind NUL type", lambda w: w.store.append_event(ev(w, CustomEvent(type=NUL))), V),
+    ("kind int key", lambda w: w.store.append_event(ev(w, CustomEvent(type="c", v={1: 2}))), V),
+    (
+        "kind int key in a nested model",
+        lambda w: w.store.append_event(ev(w, CustomEvent(type="c", v=Holder(data={1: "a"})))),
+        V,
+    ),
     ("kind surrogate", lambda w: w.store.append_event(ev(w, TimerFired(node_id=SURROGATE))), V),
     (
         "kind NaN in output",

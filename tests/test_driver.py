@@ -7,14 +7,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, create_engine, select
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from statestore import Event, StateStore, WorkflowDefinition, WorkflowExecution
 from statestore.db import queries
 from statestore.db.driver import DriverStatement, RawValue
+from statestore.db.runner import SqliteRunner
 from statestore.db.types import UTCDateTime, json_type
+from statestore.event_kinds import NodeCompleted
 
+KIND = NodeCompleted(node_id="n", output={}, state_patch={}, duration_ms=1)
 DIALECTS = [sqlite.pysqlite.dialect(), postgresql.asyncpg.dialect()]
 
 
@@ -88,3 +102,39 @@ def test_values_are_encoded_and_decoded_by_the_column_types(tmp_path: Path) -> N
         with pytest.raises(IntegrityError):
             insert.execute(connection, {"id": "a", "at": at, "doc": {}})
     engine.dispose()
+
+
+async def test_cursor_listeners_see_hot_path_statements_with_a_context(
+    store: StateStore,
+) -> None:
+    """Tracing listeners keep state on the execution context and may rewrite the statement
+    (``retval=True``): the hot paths then run through SQLAlchemy's execution for them."""
+    engines = [store.engine.sync_engine]
+    runner = store._shared.runner
+    if isinstance(runner, SqliteRunner):
+        engines = [runner.writer_engine, *([runner.reader_engine] if runner.reader_engine else [])]
+    seen: list[str] = []
+
+    def before(_c: Any, _cur: Any, statement: str, params: Any, context: Any, _m: bool) -> Any:
+        context.span = statement.split()[0]
+        return "/* traced */ " + statement, params
+
+    def after(_c: Any, _cur: Any, statement: str, _p: Any, context: Any, _m: bool) -> None:
+        assert statement.startswith("/* traced */")
+        seen.append(context.span)
+
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", before, retval=True)
+        event.listen(engine, "after_cursor_execute", after)
+    try:
+        await store.store_workflow(WorkflowDefinition(workflow_id="wf", version="1", ir={}))
+        execution = WorkflowExecution(workflow_id="wf", workflow_version="1")
+        await store.create_execution(execution)
+        await store.append_event(Event(execution_id=execution.execution_id, kind=KIND))
+        assert [e.sequence for e in await store.get_events(execution.execution_id)] == [1]
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", before)
+            event.remove(engine, "after_cursor_execute", after)
+    assert {"INSERT", "SELECT"} <= set(seen)
+    assert any(span in ("UPDATE", "WITH") for span in seen)  # the append

@@ -524,3 +524,21 @@ async def test_bad_input_on_queue_methods_writes_nothing(qstore: StateStore) -> 
         with pytest.raises(ValidationError):
             await call
     assert await qstore.list_work_items(eid) == before
+
+
+async def test_complete_work_items_tells_a_stale_copy_from_the_current_lease(
+    qstore: StateStore, clock: Clock
+) -> None:
+    """The same item twice in one batch, once with a lease it lost and once with the lease
+    that now holds it: only the current one completes it."""
+    eid = await execution(qstore)
+    await enqueue(qstore, eid)
+    stale = await qstore.claim_work_item("w1", ["q"])
+    assert stale is not None
+    clock.advance(hours=1)
+    await qstore.reclaim_expired_leases()
+    clock.advance(hours=1)
+    fresh = await qstore.claim_work_item("w2", ["q"])
+    assert fresh is not None and fresh.id == stale.id
+    assert await qstore.complete_work_items([stale, fresh]) == [False, True]
+    assert await qstore.complete_work_items([fresh, stale]) == [True, False]

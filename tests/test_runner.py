@@ -16,6 +16,7 @@ from statestore import (
     DatabaseError,
     StateStore,
     StateStoreError,
+    Tenant,
     TenantError,
     WorkflowDefinition,
     WorkflowExecution,
@@ -175,3 +176,47 @@ async def test_postgres_read_on_a_dead_kept_connection_is_retried(pg_database: s
         await store.update_execution_current_state(execution.execution_id, {"n": 2})
         fetched = await store.get_execution(execution.execution_id)
         assert fetched is not None and fetched.current_state == {"n": 2}
+
+
+async def test_postgres_after_a_server_restart_kept_connections_are_dropped_together(
+    pg_database: str,
+) -> None:
+    """Every connection the runner keeps dies at once (as on a server restart): reads still
+    succeed (retried on a fresh connection), and at most one write fails before the runner
+    has dropped all the dead ones."""
+    async with await StateStore.open(pg_database, pool_size=4) as store:
+        sleep = lambda s: s.execute(text("SELECT pg_sleep(0.2)")).all()  # noqa: E731
+        await asyncio.gather(*(store.run(sleep, write=False) for _ in range(4)))
+        admin = await asyncpg.connect(pg_database)
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        assert killed >= 2  # the runner kept several
+        assert [t.id for t in await store.list_tenants()] == ["default"]
+        outcomes = []
+        for n in range(4):
+            try:
+                await store.create_tenant(Tenant(id=f"t{n}", name="t"))
+                outcomes.append("ok")
+            except DatabaseError:
+                outcomes.append("failed")
+        assert outcomes.count("failed") <= 1 and outcomes[-1] == "ok", outcomes
+
+
+async def test_postgres_kept_connections_never_starve_the_pool(pg_database: str) -> None:
+    """With a pool of 2 and no overflow, three concurrent calls all finish (a kept
+    connection goes back to the pool when someone may be waiting), and migrations and
+    ``store.engine`` still get a connection between calls."""
+    options = {"pool_size": 2, "max_overflow": 0, "pool_timeout": 3}
+    async with await StateStore.open(pg_database, **options) as store:
+        sleep = lambda s: s.execute(text("SELECT pg_sleep(0.3)")).all()  # noqa: E731
+        started = time.monotonic()
+        await asyncio.gather(*(store.run(sleep, write=False) for _ in range(3)))
+        assert time.monotonic() - started < 2.5
+        assert await store.current_revision() == StateStore.head_revision()
+        async with store.engine.connect() as connection:
+            assert (await connection.execute(text("SELECT 1"))).scalar() == 1

@@ -10,7 +10,9 @@ cursor call plus those processors.
 
 Failures are wrapped the way SQLAlchemy wraps them (:meth:`DBAPIError.instance`), and a
 connection the dialect reports as disconnected is invalidated, so the pool never hands it
-out again; :mod:`statestore.db.errors` translates the rest.
+out again; :mod:`statestore.db.errors` translates the rest. When the engine has cursor
+listeners (tracing such as OpenTelemetry, statement rewriting, ``handle_error`` hooks), the
+same SQL goes through ``Connection.exec_driver_sql`` instead, so they run as usual.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class DriverStatement:
 
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
-        self._by_dialect: dict[str, _Compiled] = {}
+        self._by_dialect: dict[tuple[str, object, object], _Compiled] = {}
 
     def execute(self, connection: Connection, params: Mapping[str, Any]) -> list[Any]:
         """Run with ``params``; the decoded rows (empty for statements without rows)."""
@@ -74,10 +76,16 @@ class DriverStatement:
         _run(connection, compiled, batch, many=True)
 
     def _compiled_for(self, dialect: Dialect) -> _Compiled:
-        compiled = self._by_dialect.get(dialect.name)
+        # The processors depend on the dialect and on the engine's JSON (de)serialisers.
+        key = (
+            dialect.name,
+            getattr(dialect, "_json_serializer", None),
+            getattr(dialect, "_json_deserializer", None),
+        )
+        compiled = self._by_dialect.get(key)
         if compiled is None:  # a race compiles it twice; both are equal
             compiled = _compile(self.statement, dialect)
-            self._by_dialect[dialect.name] = compiled
+            self._by_dialect[key] = compiled
         return compiled
 
 
@@ -131,27 +139,14 @@ def _result_processor(column_type: TypeEngine[Any], dialect: Dialect) -> Process
 def _run(
     connection: Connection, compiled: _Compiled, args: Any, *, many: bool = False
 ) -> list[Any]:
-    dbapi_connection = connection.connection.dbapi_connection
-    assert dbapi_connection is not None
-    cursor = dbapi_connection.cursor()
-    # Listeners (tracing, query logging, tests capturing the SQL) see the statement as they
-    # would through SQLAlchemy's own execution; there is no execution context to give them.
     dispatch = connection.dispatch
-    try:
-        if dispatch.before_cursor_execute:
-            dispatch.before_cursor_execute(connection, cursor, compiled.sql, args, None, many)
-        if many:
-            cursor.executemany(compiled.sql, args)
-            rows: Sequence[Any] = []
-        else:
-            cursor.execute(compiled.sql, args)
-            rows = [] if compiled.row_type is None else cursor.fetchall()
-        if dispatch.after_cursor_execute:
-            dispatch.after_cursor_execute(connection, cursor, compiled.sql, args, None, many)
-    except Exception as exc:
-        raise _wrapped(connection, compiled, args, exc, cursor) from exc
-    finally:
-        cursor.close()
+    instrumented = dispatch.before_cursor_execute or dispatch.after_cursor_execute
+    if instrumented or connection.dialect.dispatch.handle_error:
+        # Instrumented (tracing, statement rewriting, tests capturing the SQL): listeners
+        # get SQLAlchemy's own execution, with a real context, for the same SQL.
+        rows = _run_instrumented(connection, compiled, args, many)
+    else:
+        rows = _run_on_cursor(connection, compiled, args, many)
     make = compiled.row_type
     if make is None:
         return []
@@ -165,6 +160,31 @@ def _run(
         )
         for row in rows
     ]
+
+
+def _run_on_cursor(
+    connection: Connection, compiled: _Compiled, args: Any, many: bool
+) -> Sequence[Any]:
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None
+    cursor = dbapi_connection.cursor()
+    try:
+        if many:
+            cursor.executemany(compiled.sql, args)
+            return []
+        cursor.execute(compiled.sql, args)
+        return [] if compiled.row_type is None else cursor.fetchall()
+    except Exception as exc:
+        raise _wrapped(connection, compiled, args, exc, cursor) from exc
+    finally:
+        cursor.close()
+
+
+def _run_instrumented(
+    connection: Connection, compiled: _Compiled, args: Any, many: bool
+) -> Sequence[Any]:
+    result = connection.exec_driver_sql(compiled.sql, list(args) if many else args)
+    return result.fetchall() if compiled.row_type is not None and not many else []
 
 
 def _wrapped(

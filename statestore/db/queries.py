@@ -506,32 +506,38 @@ def _complete_each(tenant: TenantPredicate, count: int) -> Executable:
             lease_expires_at=None,
             updated_at=bindparam("p_now", type_=UTCDateTime()),
         )
-        .returning(_items.c.id)
+        .returning(_items.c.id, _items.c.worker_id, _items.c.lease_fence)
     )
 
 
-_COMPLETE_EACH: dict[int, _Variants] = {}
-"""Bulk completions by number of items (at most the claim limit), built on first use."""
+COMPLETE_CHUNK = 128
+"""Items per bulk completion statement. Statements exist for 1, 2, 4 … 128 items (a
+shorter list is padded by repeating its first entry, harmless in ``IN``), so there are
+eight of them however callers batch."""
+_COMPLETE_EACH = {
+    count: _variants(lambda tenant, n=count: _complete_each(tenant, n))  # type: ignore[misc]
+    for count in (2**k for k in range(8))
+}
 
 
 def complete_each_claimed(
     session: Session, held: Sequence[tuple[uuid.UUID, str, int]], now: datetime
-) -> set[uuid.UUID]:
+) -> set[tuple[uuid.UUID, str, int]]:
     """Complete the claimed items among ``held`` (id, worker_id, lease_fence) still held
-    that way, in one statement; returns the ids completed."""
-    if not held:
-        return set()
-    variants = _COMPLETE_EACH.get(len(held))
-    if variants is None:  # a race builds it twice; both are equal
-        count = len(held)
-        variants = _variants(lambda tenant: _complete_each(tenant, count))
-        _COMPLETE_EACH[count] = variants
-    params: dict[str, Any] = {"p_now": now}
-    for i, (item_id, worker_id, fence) in enumerate(held):
-        params[f"p_id{i}"] = item_id
-        params[f"p_worker{i}"] = worker_id
-        params[f"p_fence{i}"] = fence
-    return {row.id for row in _run(session, variants, params)}
+    exactly that way, ``COMPLETE_CHUNK`` per statement; returns the triples completed."""
+    done: set[tuple[uuid.UUID, str, int]] = set()
+    for start in range(0, len(held), COMPLETE_CHUNK):
+        chunk = list(held[start : start + COMPLETE_CHUNK])
+        size = 1 << (len(chunk) - 1).bit_length()
+        chunk += [chunk[0]] * (size - len(chunk))
+        params: dict[str, Any] = {"p_now": now}
+        for i, (item_id, worker_id, fence) in enumerate(chunk):
+            params[f"p_id{i}"] = item_id
+            params[f"p_worker{i}"] = worker_id
+            params[f"p_fence{i}"] = fence
+        rows = _run(session, _COMPLETE_EACH[size], params)
+        done.update((row.id, row.worker_id, row.lease_fence) for row in rows)
+    return done
 
 
 # ---------------------------------------------------------------- tenants and tokens

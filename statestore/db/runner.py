@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import queue
 import threading
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, QueuePool
+from sqlalchemy import Connection, Engine, Pool, QueuePool
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Session
@@ -41,33 +41,32 @@ Operation = Callable[[Session], T]
 """A unit of repository work: runs inside one transaction, on one session."""
 
 
-def _new_session(bind: Connection, scope: Scope) -> TenantSession:
+def _new_session(bind: Connection) -> TenantSession:
     # "rollback_only": the runner, not the session, owns the transaction on the connection.
     return TenantSession(
         bind=bind,
-        info={SCOPE_KEY: scope},
         expire_on_commit=False,
         autoflush=False,
         join_transaction_mode="rollback_only",
     )
 
 
-_sessions: weakref.WeakKeyDictionary[Connection, TenantSession] = weakref.WeakKeyDictionary()
-"""One session per connection, reused: a connection is used by one operation at a time, and
-most operations (the Core hot paths) never begin a session transaction, so building and
-closing a Session for each would cost more than the operation's own Python."""
-
-
 def _used(session: Session) -> bool:
     return bool(session.in_transaction() or session.identity_map or session.new or session.deleted)
 
 
-def run_in_session(connection: Connection, op: Operation[T], scope: Scope) -> T:
-    """Run ``op`` on a scoped session bound to ``connection``'s open transaction. The
-    session is clean when ``op`` starts: nothing in it from an earlier operation."""
-    session = _sessions.get(connection)
+def run_in_session(
+    connection: Connection, op: Operation[T], scope: Scope, session: TenantSession | None = None
+) -> T:
+    """Run ``op`` on a scoped session bound to ``connection``'s open transaction: a fresh
+    one, or ``session`` re-bound to ``connection`` (a runner thread reuses its own: most
+    operations, the Core hot paths, never begin a session transaction, so building and
+    closing a Session for each would cost more than their own Python). Either way the
+    session is clean when ``op`` starts and left clean, its scope removed."""
     if session is None:
-        session = _sessions[connection] = _new_session(connection, scope)
+        session = _new_session(connection)
+    else:
+        session.bind = connection
     session.info[SCOPE_KEY] = scope
     try:
         result = op(session)
@@ -162,26 +161,34 @@ class SqliteRunner(Runner):
     _thread: threading.Thread | None = None
     _read_queue: queue.SimpleQueue[_Job | None] = field(default_factory=queue.SimpleQueue)
     _reader_threads: list[threading.Thread] = field(default_factory=list)
+    _local: threading.local = field(default_factory=threading.local)
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def write(self, op: Operation[T], scope: Scope, *, single_statement: bool = False) -> T:
         # Every write shares the writer's group transaction, single statement or not.
-        return await self._submit(lambda conn: run_in_session(conn, op, scope))
+        return await self._submit(lambda conn: self._run_op(conn, op, scope))
 
     async def read(self, op: Operation[T], scope: Scope) -> T:
         if self.reader_engine is None:
-            return await self._submit(lambda conn: run_in_session(conn, op, scope))
+            return await self._submit(lambda conn: self._run_op(conn, op, scope))
         if self._closed:
             raise DatabaseError("the store is closed")
         self._ensure_readers()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._read_queue.put(_Job(lambda conn: run_in_session(conn, op, scope), loop, future))
+        self._read_queue.put(_Job(lambda conn: self._run_op(conn, op, scope), loop, future))
         return await future
 
     async def with_connection(self, fn: Callable[[Connection], T]) -> T:
         return await self._submit(fn, transactional=False)
+
+    def _run_op(self, connection: Connection, op: Operation[T], scope: Scope) -> T:
+        """On a runner thread: ``op`` on that thread's own reused session."""
+        session: TenantSession | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = _new_session(connection)
+        return run_in_session(connection, op, scope, session)
 
     def _ensure_readers(self) -> None:
         if not self._reader_threads:
@@ -359,7 +366,8 @@ class PostgresRunner(Runner):
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         pool = engine.sync_engine.pool
-        self._keep_idle = pool.size() if isinstance(pool, QueuePool) else 0
+        self._pool = pool if isinstance(pool, QueuePool) else None
+        self._capacity, self._keep_idle = _pool_limits(pool)
         self._idle: list[tuple[AsyncConnection, bool]] = []  # (connection, autocommit)
         self._closed = False
 
@@ -372,7 +380,7 @@ class PostgresRunner(Runner):
         except DatabaseError as exc:
             if not _lost_connection(exc):
                 raise
-        return await self._run(op, scope, autocommit=True)
+        return await self._run(op, scope, autocommit=True)  # on a new connection
 
     async def _run(self, op: Operation[T], scope: Scope, *, autocommit: bool) -> T:
         # A scoped session over the connection, as on SQLite: the AsyncSession layer would
@@ -387,9 +395,14 @@ class PostgresRunner(Runner):
                 else:
                     async with connection.begin():
                         result = await connection.run_sync(run_in_session, op, scope)
+            except Exception:
+                if connection.invalidated:
+                    # The server dropped it: every kept connection is at least as old.
+                    await self._drop_idle()
+                await self._release(connection, autocommit)
+                raise
             except BaseException:
-                # Cancelled or failed mid-call: the connection's state is unknown.
-                await connection.close()
+                await connection.close()  # cancelled mid-call: its state is unknown
                 raise
             await self._release(connection, autocommit)
             return result
@@ -413,10 +426,27 @@ class PostgresRunner(Runner):
         return connection
 
     async def _release(self, connection: AsyncConnection, autocommit: bool) -> None:
-        if self._closed or connection.invalidated or len(self._idle) >= self._keep_idle:
-            await connection.close()
-        else:
+        """Keep a clean connection for the next call, unless that could make anyone else
+        wait for the pool: the kept ones stay below the pool's size and always leave one
+        slot free, and at capacity the connection goes back to the pool."""
+        keep = (
+            not self._closed
+            and not connection.invalidated
+            and not connection.in_transaction()
+            and len(self._idle) < self._keep_idle
+            and self._pool is not None
+            and self._pool.checkedout() < self._capacity
+        )
+        if keep:
             self._idle.append((connection, autocommit))
+        else:
+            await connection.close()
+
+    async def _drop_idle(self) -> None:
+        while self._idle:
+            connection, _mode = self._idle.pop()
+            with contextlib.suppress(Exception):
+                await connection.close()
 
     async def with_connection(self, fn: Callable[[Connection], T]) -> T:
         try:
@@ -428,10 +458,18 @@ class PostgresRunner(Runner):
     async def close(self) -> None:
         """Return the kept connections to the pool (the store then disposes the engine)."""
         self._closed = True
-        while self._idle:
-            connection, _mode = self._idle.pop()
-            with contextlib.suppress(Exception):
-                await connection.close()
+        await self._drop_idle()
+
+
+def _pool_limits(pool: Pool) -> tuple[float, int]:
+    """(how many connections the pool lends at most, how many the runner may keep): below
+    the pool's size and at least one short of its capacity, so that ``store.engine``,
+    migrations and a pool without overflow always find a connection."""
+    if not isinstance(pool, QueuePool):
+        return 0, 0  # NullPool, StaticPool …: nothing to keep
+    overflow = getattr(pool, "_max_overflow", 0)
+    capacity = math.inf if overflow < 0 else pool.size() + overflow
+    return capacity, max(0, min(pool.size(), int(min(capacity, 2**31)) - 1))
 
 
 def _isolation(autocommit: bool) -> str:

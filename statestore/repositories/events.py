@@ -101,9 +101,9 @@ class EventRepository(Repository):
 
     def _kind_json(self, kind: BaseEventKind) -> tuple[str, RawValue]:
         """The kind's ``type`` and its checked JSON text."""
-        # JSON mode would stringify non-str keys: check the kind's own values (kinds hold no
-        # nested models, so these are what model_dump() would give, without copying them).
-        check_str_keys("event kind", [vars(kind), kind.__pydantic_extra__])
+        # JSON mode would stringify non-str keys: check the kind's own values (what
+        # model_dump() would give, without copying them).
+        check_str_keys("event kind", kind)
         payload = kind.to_json_dict()
         limit = self.context.max_json_bytes
         return payload["type"], RawValue(json_text("event kind", payload, limit, keys_checked=True))

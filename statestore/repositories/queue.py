@@ -212,15 +212,13 @@ class QueueRepository(Repository):
                 )
             )
         now = self.context.now()
-        guarded = {(i, w, f) for i, w, f in held if w is not None}
-        done = queries.complete_each_claimed(
-            session, [(i, w, f) for i, w, f in guarded if w is not None], now
-        )
+        guarded = list({(i, w, f) for i, w, f in held if w is not None})
+        done = queries.complete_each_claimed(session, guarded, now)
         results = []
         for item_id, worker_id, fence in held:
-            if item_id in done:
+            if (item_id, worker_id, fence) in done:
                 results.append(True)
-                done.discard(item_id)  # a duplicate of this item in the list is a repeat
+                done.discard((item_id, worker_id, fence))  # a duplicate of it is a repeat
                 continue
             if queries.complete_claimed(session, item_id, worker_id, fence, now):
                 results.append(True)
