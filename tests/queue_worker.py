@@ -13,14 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from datetime import datetime
 
 from statestore import LeaseLostError, StateStore
 
 
+async def start_together(store: StateStore) -> None:
+    """With $QUEUE_WORKER_BARRIER set: connect, print "ready", and wait for a line on stdin,
+    so that every worker process starts claiming at the same moment."""
+    if not os.environ.get("QUEUE_WORKER_BARRIER"):
+        return
+    await store.queue_stats()  # connected and warm
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+
+
 async def work(store: StateStore, name: str, tasks: int) -> list[list[str]]:
     done: list[list[str]] = []
+    await start_together(store)
 
     async def loop(task: int) -> None:
         worker = f"{name}-{task}"

@@ -138,3 +138,20 @@ async def test_cursor_listeners_see_hot_path_statements_with_a_context(
             event.remove(engine, "after_cursor_execute", after)
     assert {"INSERT", "SELECT"} <= set(seen)
     assert any(span in ("UPDATE", "WITH") for span in seen)  # the append
+
+
+def test_sqlite_timestamps_parse_fast_and_exactly() -> None:
+    """UTCDateTime on SQLite reads SQLAlchemy's stored form (and other ISO forms) back as
+    the aware UTC datetime that was written; what it cannot parse goes SQLAlchemy's way."""
+    dialect = sqlite.pysqlite.dialect()
+    process = UTCDateTime().dialect_impl(dialect).result_processor(dialect, None)
+    assert process is not None
+    written = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    stored = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)(written)  # type: ignore[misc]
+    assert stored == "2026-01-02 03:04:05.000006"
+    assert process(stored) == written and process(stored).tzinfo is UTC
+    assert process("2026-01-02 03:04:05") == written.replace(microsecond=0)
+    assert process("2026-01-02T05:04:05.000006+02:00") == written
+    assert process(None) is None
+    with pytest.raises(ValueError):
+        process("not a time")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import uuid
 from datetime import timedelta
@@ -413,17 +414,31 @@ async def test_claim_uses_the_partial_index(qstore: StateStore, backend: str) ->
     assert "'pending'" in " ".join(plan) or backend == "sqlite"
 
 
-async def run_procs(*argv_sets: list[str]) -> list[Any]:
+async def run_procs(*argv_sets: list[str], together: bool = False) -> list[Any]:
+    """Run queue_worker.py processes; ``together``: they start claiming only once every
+    one of them is connected (each says "ready", then all are told to go)."""
+    env = {**os.environ, "QUEUE_WORKER_BARRIER": "1"} if together else None
     procs = [
         await asyncio.create_subprocess_exec(
             sys.executable,
             str(WORKER),
             *argv,
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            env=env,
         )
         for argv in argv_sets
     ]
+    if together:
+        for proc in procs:
+            assert proc.stdout is not None
+            ready = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
+            assert ready.strip() == b"ready", ready
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            await proc.stdin.drain()
     results = []
     for proc in procs:
         out, err = await asyncio.wait_for(proc.communicate(), timeout=180)
@@ -442,7 +457,8 @@ async def test_exactly_once_across_processes(
     # SQLite: 4 worker processes; PostgreSQL: 8 connections across 2 processes.
     layout = [("1")] * 4 if backend == "sqlite" else [("4")] * 2
     results = await run_procs(
-        *[[database_url, "work", f"p{n}", tasks] for n, tasks in enumerate(layout)]
+        *[[database_url, "work", f"p{n}", tasks] for n, tasks in enumerate(layout)],
+        together=True,
     )
     completions = [entry for result in results for entry in result]
     completed_ids = [item_id for item_id, _ in completions]

@@ -77,8 +77,8 @@ def item_from_row(row: Any) -> WorkItem:
     )
 
 
-def _claim_order(row: Any) -> tuple[int, datetime, str]:
-    return (-row.priority, row.created_at, str(row.id))
+def _claim_order(row: Any) -> tuple[int, datetime, uuid.UUID]:
+    return (-row.priority, row.created_at, row.id)
 
 
 class QueueRepository(Repository):
