@@ -394,15 +394,20 @@ def claim_items(
     return _run(session, _claim_variants(len(queue_types)), params)
 
 
-def _complete(tenant: TenantPredicate, by_worker: bool, by_fence: bool) -> Executable:
+def _held(tenant: TenantPredicate, by_worker: bool, by_fence: bool) -> list[ColumnElement[bool]]:
+    """The item ``:p_id``, claimed, and held by ``:p_worker`` / ``:p_fence`` (when asked)."""
     conditions = [_items.c.id == bindparam("p_id"), _items.c.status == CLAIMED, *tenant(_items)]
     if by_worker:
         conditions.append(_items.c.worker_id == bindparam("p_worker"))
     if by_fence:
         conditions.append(_items.c.lease_fence == bindparam("p_fence", type_=BigInteger))
+    return conditions
+
+
+def _complete(tenant: TenantPredicate, by_worker: bool, by_fence: bool) -> Executable:
     return (
         update(_items)
-        .where(*conditions)
+        .where(*_held(tenant, by_worker, by_fence))
         .values(
             status=literal_column("'completed'"),
             lease_expires_at=None,
@@ -413,18 +418,10 @@ def _complete(tenant: TenantPredicate, by_worker: bool, by_fence: bool) -> Execu
 
 
 def _renew(tenant: TenantPredicate, by_fence: bool) -> Executable:
-    conditions = [
-        _items.c.id == bindparam("p_id"),
-        _items.c.status == CLAIMED,
-        _items.c.worker_id == bindparam("p_worker"),
-        _items.c.lease_expires_at > bindparam("p_now", type_=UTCDateTime()),
-        *tenant(_items),
-    ]
-    if by_fence:
-        conditions.append(_items.c.lease_fence == bindparam("p_fence", type_=BigInteger))
+    unexpired = _items.c.lease_expires_at > bindparam("p_now", type_=UTCDateTime())
     return (
         update(_items)
-        .where(*conditions)
+        .where(*_held(tenant, True, by_fence), unexpired)
         .values(
             lease_expires_at=bindparam("p_expires", type_=UTCDateTime()),
             updated_at=bindparam("p_now", type_=UTCDateTime()),
