@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,39 @@ class Timing:
             return float("nan")
         k = min(len(values) - 1, max(0, round(p / 100.0 * (len(values) - 1))))
         return values[k] / 1000.0
+
+
+async def timed_calls(
+    op: Callable[[], Awaitable[object]], deadline: int, latencies: list[int]
+) -> tuple[int, int]:
+    """Await ``op`` again and again until ``deadline`` (``perf_counter_ns``), each call's
+    latency appended to ``latencies``; returns (calls, the clock after the last one)."""
+    clock = time.perf_counter_ns
+    calls = 0
+    end = clock()
+    while end < deadline:
+        before = clock()
+        await op()
+        end = clock()
+        latencies.append(end - before)
+        calls += 1
+    return calls, end
+
+
+def timed_sync_calls(
+    op: Callable[[], object], deadline: int, latencies: list[int]
+) -> tuple[int, int]:
+    """:func:`timed_calls` for a synchronous ``op``."""
+    clock = time.perf_counter_ns
+    calls = 0
+    end = clock()
+    while end < deadline:
+        before = clock()
+        op()
+        end = clock()
+        latencies.append(end - before)
+        calls += 1
+    return calls, end
 
 
 def fmt_ratio(ratio: float | None) -> str:

@@ -42,7 +42,17 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
-from common import KIND, Timing, check, dumps, fmt_ratio, pg_admin, progress, with_database
+from common import (
+    KIND,
+    Timing,
+    check,
+    dumps,
+    fmt_ratio,
+    pg_admin,
+    progress,
+    timed_calls,
+    with_database,
+)
 
 from statestore import Event, StateStore, WorkflowDefinition, WorkflowExecution, WorkItem
 
@@ -126,17 +136,9 @@ def async_loop(
     async def run(seconds: float, into: Timing) -> None:
         if before is not None:
             await before(seconds)
-        clock = time.perf_counter_ns
-        latencies = into.latencies_ns
-        calls = 0
-        start = end = clock()
+        start = time.perf_counter_ns()
         deadline = start + int(seconds * 1e9)
-        while end < deadline:
-            began = clock()
-            await op()
-            end = clock()
-            latencies.append(end - began)
-            calls += 1
+        calls, end = await timed_calls(op, deadline, into.latencies_ns)
         into.calls += calls
         into.items += calls * items
         into.elapsed_ns += end - start

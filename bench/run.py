@@ -67,6 +67,8 @@ from common import (
     progress,
     progress_bar,
     step,
+    timed_calls,
+    timed_sync_calls,
     with_database,
     write_document,
 )
@@ -270,22 +272,10 @@ class Contender:
             calls = await self._run_callers(deadline, latencies)
             end = clock()
         elif self.async_op is not None:
-            op = self.async_op
-            while end < deadline:
-                before = clock()
-                await op()
-                end = clock()
-                latencies.append(end - before)
-                calls += 1
+            calls, end = await timed_calls(self.async_op, deadline, latencies)
         else:
             assert self.sync_op is not None
-            sync_op = self.sync_op
-            while end < deadline:
-                before = clock()
-                sync_op()
-                end = clock()
-                latencies.append(end - before)
-                calls += 1
+            calls, end = timed_sync_calls(self.sync_op, deadline, latencies)
         into.calls += calls
         into.items += calls * self.items_per_call
         into.elapsed_ns += end - start
@@ -293,17 +283,9 @@ class Contender:
     async def _run_callers(self, deadline: int, latencies: list[int]) -> int:
         """Every caller loops until the deadline; the cell's time runs until the last one
         has finished its call in flight."""
-        clock = time.perf_counter_ns
 
         async def caller(op: AsyncOp) -> int:
-            calls = 0
-            end = clock()
-            while end < deadline:
-                before = clock()
-                await op()
-                end = clock()
-                latencies.append(end - before)
-                calls += 1
+            calls, _end = await timed_calls(op, deadline, latencies)
             return calls
 
         try:

@@ -291,17 +291,13 @@ class StateStore:
         await self._shared.runner.with_connection(check)
         self._shared.schema_checked = True
 
-    async def _write(self, op: Callable[..., T], *args: Any) -> T:
-        self._check_open()
-        await self._ensure_schema()
-        return await self._shared.runner.write(lambda s: op(s, *args), self._scope)
-
-    async def _write_one(self, op: Callable[..., T], *args: Any) -> T:
-        """:meth:`_write` for an operation that changes the database in one statement."""
+    async def _write(self, op: Callable[..., T], *args: Any, single_statement: bool = False) -> T:
+        """Run ``op(session, *args)`` as a write; ``single_statement``: it changes the database
+        in at most one statement (see :meth:`Runner.write`)."""
         self._check_open()
         await self._ensure_schema()
         return await self._shared.runner.write(
-            lambda s: op(s, *args), self._scope, single_statement=True
+            lambda s: op(s, *args), self._scope, single_statement=single_statement
         )
 
     async def _read(self, op: Callable[..., T], *args: Any) -> T:
@@ -382,7 +378,9 @@ class StateStore:
 
     async def append_event(self, event: Event, *, expected_sequence: int | None = None) -> int:
         """Append an event; returns its store-assigned sequence (1, 2, 3 … gapless)."""
-        return await self._write_one(self.events.append, event, expected_sequence)
+        return await self._write(
+            self.events.append, event, expected_sequence, single_statement=True
+        )
 
     async def append_events(
         self,
@@ -438,26 +436,32 @@ class StateStore:
 
     async def enqueue_work_item(self, item: WorkItem) -> uuid.UUID:
         """Add a work item (pending; delayed until ``available_at`` if set); returns its id."""
-        return await self._write_one(self.queue.enqueue, item)
+        return await self._write(self.queue.enqueue, item, single_statement=True)
 
     async def claim_work_item(self, worker_id: str, queue_types: Sequence[str]) -> WorkItem | None:
         """Atomically lease the next due pending item of these queue types (highest
         priority, then oldest), or ``None``. Never hands one item to two workers."""
-        items = await self._write_one(self.queue.claim, worker_id, queue_types, 1)
+        items = await self._write(
+            self.queue.claim, worker_id, queue_types, 1, single_statement=True
+        )
         return items[0] if items else None
 
     async def claim_work_items(
         self, worker_id: str, queue_types: Sequence[str], limit: int
     ) -> list[WorkItem]:
         """Lease up to ``limit`` (1..1000) items in one transaction, in claim order."""
-        return await self._write_one(self.queue.claim, worker_id, queue_types, limit)
+        return await self._write(
+            self.queue.claim, worker_id, queue_types, limit, single_statement=True
+        )
 
     async def renew_lease(
         self, item_id: uuid.UUID | str, worker_id: str, *, lease_fence: int | None = None
     ) -> datetime:
         """Extend an unexpired lease held by ``worker_id``; returns the new expiry.
         Otherwise ``LeaseLostError``: stop working on the item."""
-        return await self._write_one(self.queue.renew, item_id, worker_id, lease_fence)
+        return await self._write(
+            self.queue.renew, item_id, worker_id, lease_fence, single_statement=True
+        )
 
     async def get_work_item(self, item_id: uuid.UUID | str) -> WorkItem | None:
         """A work item, or ``None``."""
@@ -475,7 +479,9 @@ class StateStore:
         lease_fence: int | None = None,
     ) -> None:
         """Mark a claimed item completed (guarded by worker and fence); a repeat is a no-op."""
-        await self._write_one(self.queue.complete, item_id, worker_id, lease_fence)
+        await self._write(
+            self.queue.complete, item_id, worker_id, lease_fence, single_statement=True
+        )
 
     async def complete_work_items(self, items: Sequence[WorkItem]) -> list[bool]:
         """Complete many claimed items in one transaction, each guarded by its own worker
@@ -553,8 +559,8 @@ class StateStore:
         if found.token is None:
             return None
         if found.touch or found.new_hash is not None:
-            found.token.last_used_at = await self._write_one(
-                self.tokens.record_use, found.token.id, found.new_hash
+            found.token.last_used_at = await self._write(
+                self.tokens.record_use, found.token.id, found.new_hash, single_statement=True
             )
         return found.token
 

@@ -60,7 +60,6 @@ class EventRepository(Repository):
         appended = queries.append_event(session, values, expected)
         if appended is None:
             self._refused(session, event.execution_id, expected)
-        assert appended is not None
         return appended[0]
 
     def append_many(
