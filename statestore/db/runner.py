@@ -90,7 +90,8 @@ class Runner(ABC):
 
     @abstractmethod
     async def read(self, op: Operation[T], scope: Scope) -> T:
-        """Run ``op`` in a read transaction."""
+        """Run ``op``, which only reads: in a read transaction on a reader (SQLite), or in
+        autocommit, retried once if its connection turned out dead (PostgreSQL)."""
 
     @abstractmethod
     async def with_connection(self, fn: Callable[[Connection], T]) -> T:
