@@ -17,14 +17,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from passlib.context import CryptContext
-from sqlalchemy import select, update
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from statestore.db import queries
 from statestore.db.schema import ApiTokenRow
 from statestore.errors import NotFoundError
 from statestore.models import ApiToken, TenantStatus, TokenRole
-from statestore.repositories.base import Repository
+from statestore.repositories.base import Repository, row_columns, select_row, update_rows
 from statestore.repositories.tenants import require_active_tenant
 from statestore.validation import check_enum, check_identifier, check_timedelta, check_uuid
 
@@ -92,18 +92,21 @@ class AuthRepository(Repository):
         now = self.context.now()
         token_id = uuid.uuid4()
         secret = secrets.token_urlsafe(SECRET_BYTES)
-        row = ApiTokenRow(
-            id=token_id,
-            tenant_id=tenant_id,
-            name=name,
-            role=role.value,
-            secret_hash=TOKEN_HASHES.hash(secret),
-            created_at=now,
-            expires_at=None if lifetime is None else now + lifetime,
-            last_used_at=None,
-            revoked_at=None,
-        )
-        session.add(row)
+        row = session.execute(
+            insert(ApiTokenRow)
+            .values(
+                id=token_id,
+                tenant_id=tenant_id,
+                name=name,
+                role=role.value,
+                secret_hash=TOKEN_HASHES.hash(secret),
+                created_at=now,
+                expires_at=None if lifetime is None else now + lifetime,
+                last_used_at=None,
+                revoked_at=None,
+            )
+            .returning(*row_columns(ApiTokenRow))
+        ).one()
         return f"{TOKEN_PREFIX}_{token_id.hex}_{secret}", token_from_row(row)
 
     def check(self, session: Session, token: object) -> Validation:
@@ -134,22 +137,20 @@ class AuthRepository(Repository):
         values: dict[str, object] = {"last_used_at": now}
         if new_hash is not None:
             values["secret_hash"] = new_hash
-        session.execute(
-            update(ApiTokenRow)
-            .where(ApiTokenRow.id == token_id)
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
+        update_rows(session, ApiTokenRow, ApiTokenRow.id == token_id, **values)
         return now
 
     def revoke(self, session: Session, token_id: uuid.UUID | str) -> None:
         token_id = check_uuid("token_id", token_id)
-        row = session.get(ApiTokenRow, token_id, with_for_update=True)
-        if row is None:
+        unrevoked = (ApiTokenRow.id == token_id, ApiTokenRow.revoked_at.is_(None))
+        if update_rows(session, ApiTokenRow, *unrevoked, revoked_at=self.context.now()):
+            return
+        # Nothing changed: revoked already (a no-op), or missing in this scope.
+        if select_row(session, ApiTokenRow, ApiTokenRow.id == token_id) is None:
             raise NotFoundError(f"token {token_id} not found")
-        if row.revoked_at is None:
-            row.revoked_at = self.context.now()
 
     def list(self, session: Session) -> list[ApiToken]:
-        rows = session.scalars(select(ApiTokenRow).order_by(ApiTokenRow.created_at, ApiTokenRow.id))
+        rows = session.execute(
+            select(*row_columns(ApiTokenRow)).order_by(ApiTokenRow.created_at, ApiTokenRow.id)
+        )
         return [token_from_row(row) for row in rows]

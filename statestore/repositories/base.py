@@ -6,17 +6,59 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, inspect, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from statestore.db import queries
+from statestore.db.schema import Base
 from statestore.db.tenancy import Scope
 from statestore.errors import ConfigurationError, NotFoundError, TenantError
 from statestore.validation import check_tenant_id
 
 NO_SYNC = {"synchronize_session": False}
 """Execution options of ORM-enabled UPDATEs: the session holds no objects to synchronise."""
+
+# Design decision 12: a repository operation leaves no ORM object in the session. Operations
+# are composed in one transaction (``store.run``), and most of them run statements straight
+# on the connection: an object changed in the session would only be written at the final
+# flush (after, and over, the statements that ran later), and an object loaded into the
+# identity map would be handed back unchanged by later ORM reads. So repositories read
+# plain rows (the columns below, still confined by the tenant filter) and write with
+# INSERT and UPDATE statements, never through loaded objects.
+
+
+@cache
+def row_columns(entity: type[Base]) -> tuple[InstrumentedAttribute[Any], ...]:
+    """Every mapped column of ``entity`` as an ORM attribute, in table order: selecting them
+    gives rows with the same attribute names as the ORM object, but loads no object."""
+    return tuple(getattr(entity, column.key) for column in inspect(entity).column_attrs)
+
+
+def select_row(
+    session: Session, entity: type[Base], *conditions: ColumnElement[bool], lock: bool = False
+) -> Any:
+    """The one row of ``entity`` matching ``conditions`` in this scope, or ``None``;
+    ``lock`` holds its row lock until commit on PostgreSQL (SQLite's writer already holds
+    the database write lock)."""
+    statement = select(*row_columns(entity)).where(*conditions)
+    if lock:
+        statement = statement.with_for_update()
+    return session.execute(statement).first()
+
+
+def update_rows(
+    session: Session, entity: type[Base], *conditions: ColumnElement[bool], **values: Any
+) -> int:
+    """``UPDATE entity SET values WHERE conditions`` in this scope; the number of rows
+    changed."""
+    result = session.execute(
+        update(entity).where(*conditions).values(**values).execution_options(**NO_SYNC)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from statestore.db import queries
@@ -24,7 +24,7 @@ from statestore.models import (
     WorkflowStatus,
     WorkItemStatus,
 )
-from statestore.repositories.base import NO_SYNC, Repository
+from statestore.repositories.base import Repository, row_columns, select_row, update_rows
 from statestore.repositories.tenants import require_active_tenant, tenant_limits
 from statestore.validation import (
     check_enum,
@@ -123,9 +123,7 @@ class ExecutionRepository(Repository):
         execution_id = check_uuid("execution_id", execution_id)
         new = check_enum("status", WorkflowStatus, status)
         wanted = None if expected is None else check_enum("expected", WorkflowStatus, expected)
-        row = session.get(ExecutionRow, execution_id, with_for_update=True)
-        if row is None:
-            raise NotFoundError(f"execution {execution_id} not found")
+        row = self._locked(session, execution_id)
         current = WorkflowStatus(row.status)
         if wanted is not None and current != wanted:
             raise InvalidTransitionError(
@@ -138,10 +136,11 @@ class ExecutionRepository(Repository):
                 f"execution {execution_id} is {current} (terminal); cannot move to {new}"
             )
         now = self.context.now()
-        row.status = new.value
-        row.updated_at = now
+        values: dict[str, Any] = {"status": new.value, "updated_at": now}
         if new.is_terminal:
-            row.completed_at = now
+            values["completed_at"] = now
+        update_rows(session, ExecutionRow, ExecutionRow.id == execution_id, **values)
+        if new.is_terminal:
             self._settle_open_work(session, execution_id, new)
 
     def _settle_open_work(
@@ -149,22 +148,16 @@ class ExecutionRepository(Repository):
     ) -> None:
         """A finished execution's pending and claimed items fail in the same transaction,
         so no worker is handed work of a finished execution."""
-        session.execute(
-            update(WorkItemRow)
-            .where(
-                WorkItemRow.execution_id == execution_id,
-                WorkItemRow.status.in_(
-                    [WorkItemStatus.PENDING.value, WorkItemStatus.CLAIMED.value]
-                ),
-            )
-            .values(
-                status=WorkItemStatus.FAILED.value,
-                last_error=f"execution {status.value}",
-                worker_id=None,
-                lease_expires_at=None,
-                updated_at=self.context.now(),
-            )
-            .execution_options(**NO_SYNC)
+        update_rows(
+            session,
+            WorkItemRow,
+            WorkItemRow.execution_id == execution_id,
+            WorkItemRow.status.in_([WorkItemStatus.PENDING.value, WorkItemStatus.CLAIMED.value]),
+            status=WorkItemStatus.FAILED.value,
+            last_error=f"execution {status.value}",
+            worker_id=None,
+            lease_expires_at=None,
+            updated_at=self.context.now(),
         )
 
     def update_current_state(
@@ -172,13 +165,14 @@ class ExecutionRepository(Repository):
     ) -> None:
         execution_id = check_uuid("execution_id", execution_id)
         state = check_json("state", state, self.context.max_json_bytes)
-        result = session.execute(
-            update(ExecutionRow)
-            .where(ExecutionRow.id == execution_id)
-            .values(current_state=state, updated_at=self.context.now())
-            .execution_options(**NO_SYNC)
+        changed = update_rows(
+            session,
+            ExecutionRow,
+            ExecutionRow.id == execution_id,
+            current_state=state,
+            updated_at=self.context.now(),
         )
-        if result.rowcount == 0:  # type: ignore[attr-defined]
+        if changed == 0:
             raise NotFoundError(f"execution {execution_id} not found")
 
     def patch_append_array(
@@ -191,18 +185,30 @@ class ExecutionRepository(Repository):
         key = check_text("key", key)
         max_bytes = self.context.max_json_bytes
         value = check_json("value", value, max_bytes)
-        row = session.get(ExecutionRow, execution_id, with_for_update=True)
-        if row is None:
-            raise NotFoundError(f"execution {execution_id} not found")
-        state = row.current_state
+        state = self._locked(session, execution_id).current_state
         if not isinstance(state, dict):
             raise ValidationError(f"current_state of execution {execution_id} is not an object")
         existing = state.get(key, [])
         if not isinstance(existing, list):
             raise ValidationError(f"current_state[{key!r}] is not a list")
-        new_state = {**state, key: [*existing, value]}
-        row.current_state = check_json("current_state", new_state, max_bytes)
-        row.updated_at = self.context.now()
+        new_state = check_json("current_state", {**state, key: [*existing, value]}, max_bytes)
+        update_rows(
+            session,
+            ExecutionRow,
+            ExecutionRow.id == execution_id,
+            current_state=new_state,
+            updated_at=self.context.now(),
+        )
+
+    @staticmethod
+    def _locked(session: Session, execution_id: uuid.UUID) -> Any:
+        """The execution's row, locked until commit for a read-modify-write (FOR UPDATE on
+        PostgreSQL; SQLite's writer holds the database write lock); NotFoundError if it is
+        missing in this scope."""
+        row = select_row(session, ExecutionRow, ExecutionRow.id == execution_id, lock=True)
+        if row is None:
+            raise NotFoundError(f"execution {execution_id} not found")
+        return row
 
     def list(
         self,
@@ -214,7 +220,9 @@ class ExecutionRepository(Repository):
     ) -> list[WorkflowExecution]:
         limit = check_int("limit", limit, minimum=1, maximum=MAX_LIST_LIMIT)
         offset = check_int("offset", offset, minimum=0)
-        statement = select(ExecutionRow).order_by(ExecutionRow.updated_at.desc(), ExecutionRow.id)
+        statement = select(*row_columns(ExecutionRow)).order_by(
+            ExecutionRow.updated_at.desc(), ExecutionRow.id
+        )
         if status is not None:
             statement = statement.where(
                 ExecutionRow.status == check_enum("status", WorkflowStatus, status).value
@@ -222,5 +230,5 @@ class ExecutionRepository(Repository):
         workflow_id = check_optional_identifier("workflow_id", workflow_id)
         if workflow_id is not None:
             statement = statement.where(ExecutionRow.workflow_id == workflow_id)
-        rows = session.scalars(statement.limit(limit).offset(offset))
+        rows = session.execute(statement.limit(limit).offset(offset))
         return [execution_from_row(row) for row in rows]

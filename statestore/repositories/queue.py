@@ -29,7 +29,14 @@ from statestore.errors import (
     ValidationError,
 )
 from statestore.models import DeadLetter, WorkflowStatus, WorkItem, WorkItemStatus
-from statestore.repositories.base import NO_SYNC, Repository, refuse_foreign_child
+from statestore.repositories.base import (
+    NO_SYNC,
+    Repository,
+    refuse_foreign_child,
+    row_columns,
+    select_row,
+    update_rows,
+)
 from statestore.repositories.tenants import require_active_tenant
 from statestore.validation import (
     check_identifier,
@@ -131,12 +138,12 @@ class QueueRepository(Repository):
         raise ConflictError(f"execution {execution_id} changed while enqueueing; retry")
 
     def get(self, session: Session, item_id: uuid.UUID | str) -> WorkItem | None:
-        row = session.get(WorkItemRow, check_uuid("item_id", item_id))
+        row = select_row(session, WorkItemRow, WorkItemRow.id == check_uuid("item_id", item_id))
         return None if row is None else item_from_row(row)
 
     def list_for_execution(self, session: Session, execution_id: uuid.UUID | str) -> list[WorkItem]:
-        rows = session.scalars(
-            select(WorkItemRow)
+        rows = session.execute(
+            select(*row_columns(WorkItemRow))
             .where(WorkItemRow.execution_id == check_uuid("execution_id", execution_id))
             .order_by(WorkItemRow.created_at, WorkItemRow.id)
         )
@@ -190,10 +197,10 @@ class QueueRepository(Repository):
         fence = check_optional_int("lease_fence", lease_fence, minimum=0)
         if queries.complete_claimed(session, item_id, worker_id, fence, self.context.now()):
             return  # the common case: one conditional UPDATE
-        row = session.get(WorkItemRow, item_id)
+        row = select_row(session, WorkItemRow, WorkItemRow.id == item_id)
         if row is None:
             raise NotFoundError(f"work item {item_id} not found")
-        self._settle_complete(row, worker_id, fence)  # a repeat (no-op) or LeaseLostError
+        self._explain_not_completed(row, worker_id, fence)
 
     def complete_many(self, session: Session, items: Sequence[WorkItem]) -> list[bool]:
         if isinstance(items, str | bytes) or not isinstance(items, Sequence):
@@ -223,29 +230,29 @@ class QueueRepository(Repository):
             if queries.complete_claimed(session, item_id, worker_id, fence, now):
                 results.append(True)
                 continue
-            row = session.get(WorkItemRow, item_id)  # explain: a repeat, or a lost lease
+            row = select_row(session, WorkItemRow, WorkItemRow.id == item_id)
             try:
                 if row is None:
                     raise LeaseLostError(f"work item {item_id} not found")
-                self._settle_complete(row, worker_id, fence)
-                results.append(True)
+                self._explain_not_completed(row, worker_id, fence)
+                results.append(True)  # a repeat by the same lease
             except LeaseLostError:
                 results.append(False)
         return results
 
-    def _settle_complete(
-        self, row: WorkItemRow, worker_id: str | None, lease_fence: int | None
+    def _explain_not_completed(
+        self, row: Any, worker_id: str | None, lease_fence: int | None
     ) -> None:
-        """Complete through the ORM row, or say why not: a repeat by the same lease is a
-        no-op, a lost lease raises LeaseLostError. The caller validated the arguments."""
+        """Why the conditional UPDATE of :func:`statestore.db.queries.complete_claimed` (the
+        one definition of what completes an item) changed nothing: a repeat by the same
+        lease is a no-op and returns; anything else raises LeaseLostError."""
         if row.status == WorkItemStatus.COMPLETED.value:
             self._check_holder(row, worker_id, lease_fence)
             return
         self._require_claimed(row)
         self._check_holder(row, worker_id, lease_fence)
-        row.status = WorkItemStatus.COMPLETED.value
-        row.lease_expires_at = None
-        row.updated_at = self.context.now()
+        # Held as given now but not when the UPDATE ran: it was claimed again in between.
+        raise LeaseLostError(f"work item {row.id} was claimed again while completing")
 
     def fail(
         self,
@@ -262,24 +269,20 @@ class QueueRepository(Repository):
         worker_id = check_optional_identifier("worker_id", worker_id)
         fence = check_optional_int("lease_fence", lease_fence, minimum=0)
         row = self._locked(session, item_id)
-        if row is None:
-            raise NotFoundError(f"work item {item_id} not found")
         self._require_claimed(row)
         self._check_holder(row, worker_id, fence)
         now = self.context.now()
-        row.last_error = error
-        row.lease_expires_at = None
-        row.updated_at = now
+        values: dict[str, Any] = {"last_error": error, "lease_expires_at": None, "updated_at": now}
         if delay is None:
-            row.status = WorkItemStatus.FAILED.value
+            status = WorkItemStatus.FAILED
         elif row.attempt < row.max_attempts:
-            row.status = WorkItemStatus.PENDING.value
-            row.worker_id = None
-            row.available_at = now + delay
+            status = WorkItemStatus.PENDING
+            values.update(worker_id=None, available_at=now + delay)
         else:
-            row.status = WorkItemStatus.DEAD_LETTERED.value
-            row.dead_lettered_at = now
-        return WorkItemStatus(row.status)
+            status = WorkItemStatus.DEAD_LETTERED
+            values.update(dead_lettered_at=now)
+        self._update(session, item_id, status=status.value, **values)
+        return status
 
     # ------------------------------------------------------------------ reclaim
 
@@ -343,7 +346,7 @@ class QueueRepository(Repository):
             (WorkItemRow.id == item_id) & (WorkItemRow.lease_fence == fence)
             for item_id, fence in keys
         ]
-        rows = session.scalars(
+        rows = session.execute(
             update(WorkItemRow)
             .where(
                 WorkItemRow.id.in_([item_id for item_id, _ in keys]),
@@ -352,7 +355,7 @@ class QueueRepository(Repository):
                 WorkItemRow.lease_expires_at <= now,
             )
             .values(lease_expires_at=None, updated_at=now, **values)
-            .returning(WorkItemRow)
+            .returning(*row_columns(WorkItemRow))
             .execution_options(**NO_SYNC)
         ).all()
         return [item_from_row(row) for row in sorted(rows, key=lambda r: str(r.id))]
@@ -365,22 +368,24 @@ class QueueRepository(Repository):
         item_id = check_uuid("item_id", item_id)
         error = check_text("last_error", last_error, max_length=MAX_ERROR_LENGTH)
         row = self._locked(session, item_id)
-        if row is None:
-            raise NotFoundError(f"work item {item_id} not found")
         if row.status == WorkItemStatus.COMPLETED.value:
             raise InvalidTransitionError(f"work item {item_id} is completed")
         now = self.context.now()
-        row.status = WorkItemStatus.DEAD_LETTERED.value
-        row.last_error = error
-        row.lease_expires_at = None
-        row.dead_lettered_at = now
-        row.updated_at = now
+        self._update(
+            session,
+            item_id,
+            status=WorkItemStatus.DEAD_LETTERED.value,
+            last_error=error,
+            lease_expires_at=None,
+            dead_lettered_at=now,
+            updated_at=now,
+        )
 
     def list_dead_letters(self, session: Session, limit: int, offset: int) -> list[DeadLetter]:
         limit = check_int("limit", limit, minimum=1, maximum=MAX_CLAIM)
         offset = check_int("offset", offset, minimum=0)
-        rows = session.scalars(
-            select(WorkItemRow)
+        rows = session.execute(
+            select(*row_columns(WorkItemRow))
             .where(WorkItemRow.status == queries.DEAD_LETTERED)
             .order_by(WorkItemRow.dead_lettered_at.desc(), WorkItemRow.id)
             .limit(limit)
@@ -398,8 +403,6 @@ class QueueRepository(Repository):
     def requeue_dead_letter(self, session: Session, item_id: uuid.UUID | str) -> None:
         item_id = check_uuid("item_id", item_id)
         row = self._locked(session, item_id)
-        if row is None:
-            raise NotFoundError(f"work item {item_id} not found")
         if row.status != WorkItemStatus.DEAD_LETTERED.value:
             raise InvalidTransitionError(f"work item {item_id} is {row.status}, not dead-lettered")
         status = session.scalar(
@@ -410,13 +413,17 @@ class QueueRepository(Repository):
                 f"execution {row.execution_id} is {status}; it takes no new work"
             )
         now = self.context.now()
-        row.status = WorkItemStatus.PENDING.value
-        row.attempt = 0
-        row.worker_id = None
-        row.lease_expires_at = None
-        row.available_at = now
-        row.dead_lettered_at = None
-        row.updated_at = now
+        self._update(
+            session,
+            item_id,
+            status=WorkItemStatus.PENDING.value,
+            attempt=0,
+            worker_id=None,
+            lease_expires_at=None,
+            available_at=now,
+            dead_lettered_at=None,
+            updated_at=now,
+        )
 
     def stats(self, session: Session) -> dict[str, dict[WorkItemStatus, int]]:
         counts: dict[str, dict[WorkItemStatus, int]] = {}
@@ -443,8 +450,18 @@ class QueueRepository(Repository):
         return [check_identifier("queue_type", q) for q in queue_types]
 
     @staticmethod
-    def _locked(session: Session, item_id: uuid.UUID) -> WorkItemRow | None:
-        return session.get(WorkItemRow, item_id, with_for_update=True)
+    def _locked(session: Session, item_id: uuid.UUID) -> Any:
+        """The item's row, locked until commit for a read-modify-write; NotFoundError if it
+        is missing in this scope."""
+        row = select_row(session, WorkItemRow, WorkItemRow.id == item_id, lock=True)
+        if row is None:
+            raise NotFoundError(f"work item {item_id} not found")
+        return row
+
+    @staticmethod
+    def _update(session: Session, item_id: uuid.UUID, **values: Any) -> None:
+        """Write ``values`` to an item this operation has locked."""
+        update_rows(session, WorkItemRow, WorkItemRow.id == item_id, **values)
 
     @staticmethod
     def _require_exists(session: Session, item_id: uuid.UUID) -> None:
@@ -452,12 +469,12 @@ class QueueRepository(Repository):
             raise NotFoundError(f"work item {item_id} not found")
 
     @staticmethod
-    def _require_claimed(row: WorkItemRow) -> None:
+    def _require_claimed(row: Any) -> None:
         if row.status != WorkItemStatus.CLAIMED.value:
             raise LeaseLostError(f"work item {row.id} is {row.status}, not claimed")
 
     @staticmethod
-    def _check_holder(row: WorkItemRow, worker_id: str | None, fence: int | None) -> None:
+    def _check_holder(row: Any, worker_id: str | None, fence: int | None) -> None:
         if worker_id is not None and row.worker_id != worker_id:
             raise LeaseLostError(f"work item {row.id} is not leased to worker {worker_id!r}")
         if fence is not None and row.lease_fence != fence:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from statestore.db.schema import SnapshotRow
 from statestore.models import Snapshot
-from statestore.repositories.base import Repository
+from statestore.repositories.base import Repository, row_columns
 from statestore.repositories.executions import execution_tenant
 from statestore.validation import check_int, check_json, check_uuid, coerce_model
 
@@ -23,7 +23,7 @@ _UPSERT: dict[str, Callable[..., Any]] = {
 }
 
 
-def snapshot_from_row(row: SnapshotRow) -> Snapshot:
+def snapshot_from_row(row: Any) -> Snapshot:
     return Snapshot(
         id=row.id,
         execution_id=row.execution_id,
@@ -61,8 +61,8 @@ class SnapshotRepository(Repository):
         )
 
     def latest(self, session: Session, execution_id: uuid.UUID | str) -> Snapshot | None:
-        row = session.scalars(
-            select(SnapshotRow)
+        row = session.execute(
+            select(*row_columns(SnapshotRow))
             .where(SnapshotRow.execution_id == check_uuid("execution_id", execution_id))
             .order_by(SnapshotRow.at_sequence.desc())
             .limit(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from statestore.db import queries
@@ -17,11 +17,11 @@ from statestore.errors import (
     ValidationError,
 )
 from statestore.models import Tenant, TenantLimits, TenantStatus
-from statestore.repositories.base import Repository
+from statestore.repositories.base import Repository, row_columns, select_row, update_rows
 from statestore.validation import check_identifier, check_json, check_tenant_id, coerce_model
 
 
-def tenant_from_row(row: TenantRow) -> Tenant:
+def tenant_from_row(row: Any) -> Tenant:
     return Tenant(
         id=row.id,
         name=row.name,
@@ -65,32 +65,31 @@ class TenantRepository(Repository):
         self._require_operator("create_tenant")
         values = self._validated(tenant)
         now = self.context.now()
-        if session.get(TenantRow, values["id"]) is not None:
+        if queries.select_tenant(session, values["id"]) is not None:
             raise ConflictError(f"tenant {values['id']!r} already exists")
-        session.add(TenantRow(**values, created_at=now, updated_at=now))
+        session.execute(insert(TenantRow).values(**values, created_at=now, updated_at=now))
 
     def get(self, session: Session, tenant_id: str) -> Tenant | None:
         tenant_id = check_tenant_id(tenant_id)
         scoped = self.context.scope.tenant_id
         if scoped is not None and tenant_id != scoped:
             raise TenantError(f"a store scoped to {scoped!r} cannot read tenant {tenant_id!r}")
-        row = session.get(TenantRow, tenant_id)
+        row = select_row(session, TenantRow, TenantRow.id == tenant_id)
         return None if row is None else tenant_from_row(row)
 
     def list(self, session: Session) -> list[Tenant]:
         self._require_operator("list_tenants")
-        rows = session.scalars(select(TenantRow).order_by(TenantRow.id))
+        rows = session.execute(select(*row_columns(TenantRow)).order_by(TenantRow.id))
         return [tenant_from_row(row) for row in rows]
 
     def update(self, session: Session, tenant: Tenant) -> None:
         self._require_operator("update_tenant")
         values = self._validated(tenant)
-        row = session.get(TenantRow, values["id"], with_for_update=True)
-        if row is None:
+        now = self.context.now()
+        if not update_rows(
+            session, TenantRow, TenantRow.id == values["id"], **values, updated_at=now
+        ):
             raise NotFoundError(f"tenant {values['id']!r} does not exist")
-        for key, value in values.items():
-            setattr(row, key, value)
-        row.updated_at = self.context.now()
 
     def _validated(self, tenant: Tenant) -> dict[str, Any]:
         tenant = coerce_model("tenant", Tenant, tenant)

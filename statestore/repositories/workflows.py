@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from sqlalchemy import case, select
+from typing import Any
+
+from sqlalchemy import case, insert, select
 from sqlalchemy.orm import Session
 
 from statestore.db.schema import WorkflowDefinitionRow
 from statestore.db.tenancy import narrowed_to
 from statestore.errors import ConflictError, TenantLimitExceededError, ValidationError
 from statestore.models import WorkflowDefinition
-from statestore.repositories.base import Repository
+from statestore.repositories.base import Repository, row_columns, select_row, update_rows
 from statestore.repositories.tenants import require_active_tenant, tenant_limits
 from statestore.validation import (
     check_identifier,
@@ -19,7 +21,7 @@ from statestore.validation import (
 )
 
 
-def definition_from_row(row: WorkflowDefinitionRow) -> WorkflowDefinition:
+def definition_from_row(row: Any) -> WorkflowDefinition:
     return WorkflowDefinition(
         workflow_id=row.workflow_id,
         version=row.version,
@@ -42,9 +44,12 @@ class WorkflowRepository(Repository):
         tenant_id = self.context.tenant_for(definition)
         tenant = require_active_tenant(session, tenant_id)
 
-        existing = session.get(
-            WorkflowDefinitionRow, (tenant_id, workflow_id, version), with_for_update=True
+        key = (
+            WorkflowDefinitionRow.tenant_id == tenant_id,
+            WorkflowDefinitionRow.workflow_id == workflow_id,
+            WorkflowDefinitionRow.version == version,
         )
+        existing = select_row(session, WorkflowDefinitionRow, *key, lock=True)
         if existing is not None:
             if existing.ir == ir:
                 return
@@ -53,7 +58,7 @@ class WorkflowRepository(Repository):
                     f"workflow {workflow_id!r} version {version!r} is published with a "
                     "different ir; versions are immutable (pass replace=True to overwrite)"
                 )
-            existing.ir = ir
+            update_rows(session, WorkflowDefinitionRow, *key, ir=ir)
             return
 
         limit = tenant_limits(tenant).max_workflows
@@ -61,8 +66,8 @@ class WorkflowRepository(Repository):
             # Re-read the tenant under a row lock: concurrent creates at the limit serialise.
             require_active_tenant(session, tenant_id, lock=True)
             self._check_workflow_limit(session, tenant_id, workflow_id, limit)
-        session.add(
-            WorkflowDefinitionRow(
+        session.execute(
+            insert(WorkflowDefinitionRow).values(
                 tenant_id=tenant_id,
                 workflow_id=workflow_id,
                 version=version,
@@ -85,7 +90,7 @@ class WorkflowRepository(Repository):
         """On the unscoped store the ``default`` tenant's definition wins, then the first
         tenant by id."""
         statement = (
-            select(WorkflowDefinitionRow)
+            select(*row_columns(WorkflowDefinitionRow))
             .where(
                 WorkflowDefinitionRow.workflow_id == check_identifier("workflow_id", workflow_id),
                 WorkflowDefinitionRow.version == check_identifier("version", version),
@@ -96,11 +101,11 @@ class WorkflowRepository(Repository):
             )
             .limit(1)
         )
-        row = session.scalars(statement).first()
+        row = session.execute(statement).first()
         return None if row is None else definition_from_row(row)
 
     def list(self, session: Session, workflow_id: str | None) -> list[WorkflowDefinition]:
-        statement = select(WorkflowDefinitionRow).order_by(
+        statement = select(*row_columns(WorkflowDefinitionRow)).order_by(
             WorkflowDefinitionRow.workflow_id,
             WorkflowDefinitionRow.version,
             WorkflowDefinitionRow.tenant_id,
@@ -108,4 +113,4 @@ class WorkflowRepository(Repository):
         workflow_id = check_optional_identifier("workflow_id", workflow_id)
         if workflow_id is not None:
             statement = statement.where(WorkflowDefinitionRow.workflow_id == workflow_id)
-        return [definition_from_row(row) for row in session.scalars(statement)]
+        return [definition_from_row(row) for row in session.execute(statement)]
