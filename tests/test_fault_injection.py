@@ -1,17 +1,22 @@
-"""Fault injection: for every write operation, make its N-th SQL statement fail (N = 1, 2, …
-until the operation runs out of statements) and check that the caller gets a
-StateStoreError and the database is exactly as it was before the call."""
+"""Fault injection at the DBAPI level (see ``driver_faults.py``): for every write operation,
+make its N-th driver call fail (N = 1, 2, … until the operation runs out of calls: BEGIN,
+each statement, SAVEPOINTs, COMMIT) and check that the caller gets a StateStoreError and the
+database is exactly as it was before the call. Then the same with the caller cancelled at
+each of those points: the call may or may not commit, and never affects any other call.
+Last, a failure inside a group of concurrent writes (one write's statement, or the
+group's COMMIT on SQLite)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from conftest import T0, Clock
-from sqlalchemy import Engine, event, inspect, text
+from driver_faults import DriverFaults
+from sqlalchemy import Engine, inspect, text
 
 from statestore import (
     DatabaseError,
@@ -34,29 +39,11 @@ def write_engine(store: StateStore) -> Engine:
     return store.engine.sync_engine
 
 
-class Fault:
-    """Fails the N-th statement sent through an engine while armed."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.fail_at = 0
-        self.seen = 0
-
-    def __call__(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        self.seen += 1
-        if self.seen == self.fail_at:
-            raise conn.dialect.loaded_dbapi.OperationalError(
-                f"injected fault at statement {self.seen}"
-            )
-
-    @contextmanager
-    def at(self, n: int) -> Iterator[None]:
-        self.fail_at, self.seen = n, 0
-        event.listen(self.engine, "before_cursor_execute", self)
-        try:
-            yield
-        finally:
-            event.remove(self.engine, "before_cursor_execute", self)
+async def faulty_store(make_store: Any, clock: Clock) -> tuple[StateStore, DriverFaults]:
+    """A store whose write connections all go through a :class:`DriverFaults` proxy
+    (installed before the store opens its first connection)."""
+    store: StateStore = await make_store(clock=clock)
+    return store, DriverFaults(write_engine(store))
 
 
 async def dump(store: StateStore) -> dict[str, list[tuple[Any, ...]]]:
@@ -149,31 +136,129 @@ OPERATIONS: dict[str, Op] = {
 
 
 @pytest.mark.parametrize("name", sorted(OPERATIONS))
-async def test_a_failing_statement_leaves_the_database_as_it_was(
+async def test_a_failing_driver_call_leaves_the_database_as_it_was(
     make_store: Any, name: str
 ) -> None:
     clock = Clock()
-    store: StateStore = await make_store(clock=clock)
+    store, faults = await faulty_store(make_store, clock)
     context = await prepare(store, clock)
     if name == "reclaim_expired_leases":
         clock.now = T0 + timedelta(seconds=31)  # the `old` lease has expired
-    fault = Fault(write_engine(store))
     operation = OPERATIONS[name]
-    injected = 0
-    for n in range(1, 50):
+    injected: list[str] = []
+    for n in range(1, 60):
         before = await dump(store)
-        with fault.at(n):
+        with faults.armed(n):
             try:
                 await operation(store, context)
             except StateStoreError as error:
                 assert isinstance(error, DatabaseError), (name, n, error)
                 assert "injected fault" in str(error.__cause__), (name, n)
-                assert await dump(store) == before, f"{name}: statement {n} left a change"
-                injected += 1
+                assert await dump(store) == before, f"{name}: driver call {n} left a change"
+                injected.append(faults.calls[n - 1])
                 continue
-        assert fault.seen < n, (name, n)  # it succeeded only because no N-th statement came
+        assert faults.seen < n, (name, n)  # it succeeded only because no N-th call came
         break
     else:
         pytest.fail(f"{name} never completed")
-    assert injected >= 1, f"{name} sent no statement to inject a fault into"
+    assert injected, f"{name} made no driver call to inject a fault into"
+    if store.dialect == "sqlite" or name not in AUTOCOMMIT:
+        assert "COMMIT" in injected, (name, injected)  # the commit itself was failed too
     assert await dump(store) != before, f"{name} succeeded but changed nothing"
+
+
+# Single statements that run in autocommit on PostgreSQL (no BEGIN or COMMIT is sent).
+AUTOCOMMIT = {
+    "append_event",
+    "enqueue_work_item",
+    "claim_work_item",
+    "claim_work_items",
+    "renew_lease",
+    "complete_work_item",
+    "validate_token",
+}
+
+
+async def _sentinel_survives(store: StateStore, witness: StateStore) -> None:
+    """An ordinary write after the fault returns in bounded time and is visible from
+    another store: nothing the faulted call left behind affects it."""
+    run = WorkflowExecution(workflow_id="wf", workflow_version="1")
+    await asyncio.wait_for(store.create_execution(run), 10)
+    assert await witness.get_execution(run.execution_id) is not None
+
+
+@pytest.mark.parametrize("name", sorted(OPERATIONS))
+async def test_cancelling_at_each_driver_call_never_affects_other_calls(
+    make_store: Any, name: str
+) -> None:
+    clock = Clock()
+    store, faults = await faulty_store(make_store, clock)
+    witness: StateStore = await make_store()
+    context = await prepare(store, clock)
+    if name == "reclaim_expired_leases":
+        clock.now = T0 + timedelta(seconds=31)
+    operation = OPERATIONS[name]
+    loop = asyncio.get_running_loop()
+    for n in range(1, 60):
+        task = asyncio.ensure_future(operation(store, context))
+
+        def cancel(_what: str, task: asyncio.Future[Any] = task) -> None:
+            # Called on a runner thread (SQLite) or inside the greenlet (PostgreSQL).
+            loop.call_soon_threadsafe(task.cancel)
+
+        with faults.armed(n, cancel):
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except StateStoreError:
+                pass  # e.g. a conflict: an earlier cancelled round committed
+            reached = faults.seen >= n
+        await _sentinel_survives(store, witness)
+        if not reached:
+            break
+    else:
+        pytest.fail(f"{name} never completed")
+
+
+@pytest.mark.parametrize("n", range(1, 40))
+async def test_a_fault_inside_a_group_of_concurrent_writes(make_store: Any, n: int) -> None:
+    """Eight writes at once (on SQLite they share one group-commit transaction, each in its
+    own SAVEPOINT): fail the N-th driver call. Every write that returned is committed and
+    visible from another store; every write that failed left nothing."""
+    clock = Clock()
+    store, faults = await faulty_store(make_store, clock)
+    witness: StateStore = await make_store()
+    await store.create_execution(WorkflowExecution(workflow_id="wf", workflow_version="1"))
+    runs = [WorkflowExecution(workflow_id="wf", workflow_version="1") for _ in range(8)]
+    with faults.armed(n):
+        results = await asyncio.gather(
+            *(store.create_execution(run) for run in runs), return_exceptions=True
+        )
+    failed = [r for r in results if r is not None]
+    assert all(isinstance(r, DatabaseError) for r in failed), failed
+    for run, result in zip(runs, results, strict=True):
+        visible = await witness.get_execution(run.execution_id) is not None
+        assert visible == (result is None), (n, faults.calls, result)
+    if faults.seen >= n:
+        assert failed, f"driver call {n} ({faults.calls[n - 1]}) failed but nobody was told"
+    await _sentinel_survives(store, witness)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # group commit is the SQLite runner's
+async def test_writes_do_share_a_group_commit_on_sqlite(make_store: Any) -> None:
+    """The group test above exercises group commit only if writes really are grouped."""
+    store: StateStore = await make_store()
+    runner = store._shared.runner
+    assert isinstance(runner, SqliteRunner)
+    await store.create_execution(WorkflowExecution(workflow_id="wf", workflow_version="1"))
+    before = (runner.transactions, runner.operations)
+    await asyncio.gather(
+        *(
+            store.create_execution(WorkflowExecution(workflow_id="wf", workflow_version="1"))
+            for _ in range(8)
+        )
+    )
+    transactions = runner.transactions - before[0]
+    assert runner.operations - before[1] == 8
+    assert transactions < 8, "no two writes shared a transaction"

@@ -32,7 +32,7 @@ def translate(exc: BaseException) -> StateStoreError:
     if isinstance(exc, sa_exc.IntegrityError):
         return _integrity(exc)
     if isinstance(exc, sa_exc.DBAPIError):
-        code = _sqlstate(exc)
+        code = sqlstate(exc)
         if code in _PG_INVALID_TEXT:
             return ValidationError(f"the database refused a value: {_first_line(exc.orig)}")
         return DatabaseError(f"database error: {_first_line(exc.orig)}")
@@ -42,7 +42,7 @@ def translate(exc: BaseException) -> StateStoreError:
 
 
 def _integrity(exc: sa_exc.IntegrityError) -> StateStoreError:
-    code = _sqlstate(exc)
+    code = sqlstate(exc)
     name = getattr(exc.orig, "sqlite_errorname", "")
     message = _first_line(exc.orig)
     if code == _PG_UNIQUE or name in {"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}:
@@ -52,7 +52,8 @@ def _integrity(exc: sa_exc.IntegrityError) -> StateStoreError:
     return ConflictError(f"constraint violated: {message}")
 
 
-def _sqlstate(exc: sa_exc.DBAPIError) -> str | None:
+def sqlstate(exc: sa_exc.DBAPIError) -> str | None:
+    """The SQLSTATE the server reported for ``exc`` (PostgreSQL), or ``None``."""
     orig = exc.orig
     code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     if code is None:

@@ -9,8 +9,12 @@ One public call is one operation is one transaction. The runner decides where it
   async layer over aiosqlite would cost eight or nine. The writer takes jobs from a queue and
   commits every write waiting at that moment in one transaction (group commit, see
   :meth:`SqliteRunner._run_group`); repositories do not know about it.
-- :class:`PostgresRunner`: ``AsyncSession.run_sync`` over asyncpg; many connections in
+- :class:`PostgresRunner`: ``AsyncConnection.run_sync`` over asyncpg; many connections in
   parallel, READ COMMITTED.
+
+A store belongs to the event loop it is first used on (its futures, tasks and PostgreSQL
+connections are bound to that loop); a call from another loop raises
+:class:`~statestore.errors.ConfigurationError`.
 
 Both translate every failure into :mod:`statestore.errors` (see :mod:`statestore.db.errors`).
 """
@@ -32,9 +36,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Session
 
-from statestore.db.errors import translate
+from statestore.db.errors import sqlstate, translate
 from statestore.db.tenancy import SCOPE_KEY, Scope, TenantSession
-from statestore.errors import DatabaseError
+from statestore.errors import ConfigurationError, DatabaseError
 
 T = TypeVar("T")
 Operation = Callable[[Session], T]
@@ -110,6 +114,37 @@ class _Job:
     transactional: bool = True
 
 
+def _same_loop(bound: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
+    """The running loop, which must be the one the store was first used on: futures,
+    tasks and asyncpg connections cannot move between loops (on another loop they fail
+    with "another operation is in progress" or hang)."""
+    loop = asyncio.get_running_loop()
+    if bound is not None and loop is not bound:
+        raise ConfigurationError(
+            "this store is bound to the event loop it was first used on; "
+            "open a separate store for each event loop"
+        )
+    return loop
+
+
+def _idle_or_closed(connection: Connection | None) -> Connection | None:
+    """After a failure: ``connection`` if the driver reports it idle (no transaction left
+    open), else ``None`` after closing it. A failed COMMIT, BEGIN or ROLLBACK can leave the
+    driver inside a transaction that SQLAlchemy believes ended; the next BEGIN would then
+    fail, or worse, the next job would run inside the stale transaction."""
+    if connection is None:
+        return None
+    if not (connection.invalidated or connection.closed):
+        driver = connection.connection.dbapi_connection
+        if driver is not None and not driver.in_transaction and not connection.in_transaction():
+            return connection
+    with contextlib.suppress(Exception):
+        connection.invalidate()  # closes the driver connection (rolling back) and drops it
+    with contextlib.suppress(Exception):
+        connection.close()
+    return None
+
+
 def _translated(exc: BaseException) -> BaseException:
     error = translate(exc)
     if error is not exc:
@@ -165,6 +200,7 @@ class SqliteRunner(Runner):
     _local: threading.local = field(default_factory=threading.local)
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _loop: asyncio.AbstractEventLoop | None = None
 
     async def write(self, op: Operation[T], scope: Scope, *, single_statement: bool = False) -> T:
         # Every write shares the writer's group transaction, single statement or not.
@@ -176,7 +212,7 @@ class SqliteRunner(Runner):
         if self._closed:
             raise DatabaseError("the store is closed")
         self._ensure_readers()
-        loop = asyncio.get_running_loop()
+        loop = self._loop = _same_loop(self._loop)
         future: asyncio.Future[T] = loop.create_future()
         self._read_queue.put(_Job(lambda conn: self._run_op(conn, op, scope), loop, future))
         return await future
@@ -219,7 +255,7 @@ class SqliteRunner(Runner):
                     result = job.fn(connection)
             except BaseException as exc:
                 error = _translated(exc)
-                connection = self._discard_if_broken(connection)
+                connection = _idle_or_closed(connection)
             _deliver(job, result, error)
         if connection is not None:
             connection.close()
@@ -228,7 +264,7 @@ class SqliteRunner(Runner):
         if self._closed:
             raise DatabaseError("the store is closed")
         self._ensure_writer()
-        loop = asyncio.get_running_loop()
+        loop = self._loop = _same_loop(self._loop)
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Job(fn, loop, future, transactional))
         return await future
@@ -291,7 +327,7 @@ class SqliteRunner(Runner):
             self.operations += len(jobs)
         except BaseException as exc:
             outcomes = [(None, _translated(exc)) for _ in jobs]
-            connection = self._discard_if_broken(connection)
+            connection = _idle_or_closed(connection)
         _deliver_all(jobs, outcomes)
         return connection
 
@@ -321,15 +357,8 @@ class SqliteRunner(Runner):
                     connection.rollback()
         except BaseException as exc:
             error = _translated(exc)
-            connection = self._discard_if_broken(connection)
+            connection = _idle_or_closed(connection)
         _deliver(job, result, error)
-        return connection
-
-    @staticmethod
-    def _discard_if_broken(connection: Connection | None) -> Connection | None:
-        if connection is not None and connection.invalidated:
-            connection.close()
-            return None
         return connection
 
     async def close(self) -> None:
@@ -354,15 +383,28 @@ class PostgresRunner(Runner):
     Reads and single-statement writes run on an ``AUTOCOMMIT`` connection: no BEGIN and
     COMMIT round trips around a statement that is atomic on its own (under READ COMMITTED
     each statement of a transaction takes a fresh snapshot anyway, so reads lose nothing).
-    Other writes run in a READ COMMITTED transaction. A read that fails because its
-    connection turned out to be dead (a server restart) is retried once on a new one.
+    Other writes run in a READ COMMITTED transaction, begun and committed inside the same
+    ``run_sync`` as the operation. A read that fails because its connection turned out to
+    be dead (a server restart) is retried once on a new one.
+
+    Cancellation never reaches a connection mid-statement: each call runs as its own task,
+    and a cancelled caller stops waiting for it while the task finishes (commits or rolls
+    back) and hands its connection back in a known state. Interrupting asyncpg between a
+    request and its reply would leave the connection inside a transaction that the next
+    call would silently join (asyncpg turns its BEGIN into a SAVEPOINT), so that call's
+    "committed" write would never commit. A connection that saw a driver error, or whose
+    own task was cancelled (the store closing, the event loop shutting down), is terminated
+    and dropped from the pool, never reused.
 
     The runner keeps the connections it used checked out of the engine's pool, up to the
     pool's size: taking a connection from the pool and giving it back costs several greenlet
     switches and pool events per call, more than a small statement. A kept connection
     switches between AUTOCOMMIT and READ COMMITTED as calls need (no round trip). Closing
-    the runner returns them to the pool.
+    the runner waits for the calls still running, then returns the kept connections.
     """
+
+    close_timeout: float = 10.0
+    """Seconds :meth:`close` waits for calls still running before it cancels them."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -370,49 +412,54 @@ class PostgresRunner(Runner):
         self._pool = pool if isinstance(pool, QueuePool) else None
         self._capacity, self._keep_idle = _pool_limits(pool)
         self._idle: list[tuple[AsyncConnection, bool]] = []  # (connection, autocommit)
+        self._running: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     async def write(self, op: Operation[T], scope: Scope, *, single_statement: bool = False) -> T:
-        return await self._run(op, scope, autocommit=single_statement)
+        return await self._call(op, scope, autocommit=single_statement)
 
     async def read(self, op: Operation[T], scope: Scope) -> T:
         try:
-            return await self._run(op, scope, autocommit=True)
+            return await self._call(op, scope, autocommit=True)
         except DatabaseError as exc:
             if not _lost_connection(exc):
                 raise
-        return await self._run(op, scope, autocommit=True)  # on a new connection
+        return await self._call(op, scope, autocommit=True)  # on a new connection
 
-    async def _run(self, op: Operation[T], scope: Scope, *, autocommit: bool) -> T:
-        # A scoped session over the connection, as on SQLite: the AsyncSession layer would
-        # add its own begin/commit bookkeeping and greenlet switches to every call.
+    async def _call(self, op: Operation[T], scope: Scope, *, autocommit: bool) -> T:
+        if self._closed:
+            raise DatabaseError("the store is closed")
+        self._loop = _same_loop(self._loop)
+        task = asyncio.ensure_future(self._run(op, scope, autocommit))
+        self._running.add(task)
+        task.add_done_callback(_forget(self._running))
+        # shield: cancelling the caller must not interrupt the task on its connection.
+        return await asyncio.shield(task)
+
+    async def _run(self, op: Operation[T], scope: Scope, autocommit: bool) -> T:
         try:
             connection = await self._acquire(autocommit)
             try:
-                if autocommit:
-                    result = await connection.run_sync(run_in_session, op, scope)
-                    if connection.in_transaction():  # SQLAlchemy's autobegin: nothing to send
-                        await connection.commit()
-                else:
-                    async with connection.begin():
-                        result = await connection.run_sync(run_in_session, op, scope)
-            except Exception:
+                result = await connection.run_sync(_transaction, op, scope, autocommit)
+            except BaseException as exc:
                 if connection.invalidated:
                     # The server dropped it: every kept connection is at least as old.
                     await self._drop_idle()
-                await self._release(connection, autocommit)
-                raise
-            except BaseException:
-                await connection.close()  # cancelled mid-call: its state is unknown
+                if isinstance(exc, Exception) and not _driver_failed(exc):
+                    await self._release(connection, autocommit)
+                else:  # a driver error or a cancellation: its state is unknown
+                    _terminate(connection)
                 raise
             await self._release(connection, autocommit)
             return result
         except Exception as exc:
-            raise translate(exc) from exc
+            error = translate(exc)
+            if error is exc:
+                raise  # already the store's own error, with its own cause
+            raise error from exc
 
     async def _acquire(self, autocommit: bool) -> AsyncConnection:
-        if self._closed:
-            raise DatabaseError("the store is closed")
         while self._idle:
             connection, mode = self._idle.pop()
             if connection.closed or connection.invalidated:
@@ -450,16 +497,80 @@ class PostgresRunner(Runner):
                 await connection.close()
 
     async def with_connection(self, fn: Callable[[Connection], T]) -> T:
+        if self._closed:
+            raise DatabaseError("the store is closed")
+        self._loop = _same_loop(self._loop)
         try:
             async with self._engine.connect() as conn:
                 return await conn.run_sync(fn)
         except Exception as exc:
-            raise translate(exc) from exc
+            error = translate(exc)
+            if error is exc:
+                raise  # already the store's own error, with its own cause
+            raise error from exc
 
     async def close(self) -> None:
-        """Return the kept connections to the pool (the store then disposes the engine)."""
+        """Wait for the calls still running (at most :attr:`close_timeout` seconds, then
+        cancel them), and return the kept connections to the pool (the store then disposes
+        the engine)."""
         self._closed = True
+        if self._running:
+            _done, late = await asyncio.wait(set(self._running), timeout=self.close_timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
         await self._drop_idle()
+
+
+def _transaction(connection: Connection, op: Operation[T], scope: Scope, autocommit: bool) -> T:
+    """Inside ``run_sync``: ``op`` in autocommit, or in one READ COMMITTED transaction."""
+    if autocommit:
+        result = run_in_session(connection, op, scope)
+        if connection.in_transaction():  # SQLAlchemy's autobegin: nothing to send
+            connection.commit()
+        return result
+    with connection.begin():
+        return run_in_session(connection, op, scope)
+
+
+def _terminate(connection: AsyncConnection) -> None:
+    """Close the driver connection at once and drop it from the pool. Synchronous on
+    purpose: outside a greenlet SQLAlchemy terminates the asyncpg connection without
+    awaiting, so a second cancellation cannot stop this half-way."""
+    sync = connection.sync_connection
+    if sync is None or sync.invalidated or sync.closed:
+        return
+    with contextlib.suppress(Exception):
+        sync.invalidate()
+    with contextlib.suppress(Exception):
+        sync.close()
+
+
+def _driver_failed(exc: BaseException) -> bool:
+    """Whether the driver failed on the way to ``exc`` without the server reporting why: a
+    lost connection, an interrupted request, a client-side protocol error. Then the
+    connection's transaction state is not known for sure. An error the server reported
+    (it carries a SQLSTATE: a duplicate key, a refused value) leaves the connection in a
+    known state once the transaction is rolled back, and so does an error the operation
+    raised itself (a refused transition, a validation error)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, sa_exc.DBAPIError) and sqlstate(current) is None:
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _forget(running: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        running.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a cancelled caller's failure is not "never retrieved"
+
+    return done
 
 
 def _pool_limits(pool: Pool) -> tuple[float, int]:
