@@ -25,7 +25,7 @@ test: install
 test-slow: install
 	STATESTORE_CRASH_ROUNDS=20 STATESTORE_FUZZ_EXAMPLES=2000 \
 		$(BIN)/python -m pytest -m "slow or not slow" tests/test_crash.py tests/test_fuzz_api.py \
-		tests/test_tenant_isolation.py tests/test_group_commit.py
+		tests/test_tenant_isolation.py tests/test_group_commit.py tests/test_tokens.py
 
 lint: install
 	$(BIN)/python -m ruff check .

@@ -28,8 +28,10 @@ from sqlalchemy import (
     Table,
     Text,
     Update,
+    and_,
     bindparam,
     cast,
+    func,
     insert,
     literal_column,
     select,
@@ -562,16 +564,36 @@ def select_tenant(session: Session, tenant_id: str, *, lock: bool = False) -> An
     return _first(_TENANT[lock].execute(_connection(session), {"p_id": tenant_id}))
 
 
-_TOKEN = _variants(
-    lambda tenant: (
-        select(*_tokens.c, _tenants.c.status.label("tenant_status"))
-        .join(_tenants, _tenants.c.id == _tokens.c.tenant_id)
-        .where(_tokens.c.id == bindparam("p_id"), *tenant(_tokens))
-    )
-)
+def _token(tenant: TenantPredicate) -> Executable:
+    """Exactly one row whatever the id: the token's, with its tenant's status, or, for an id
+    missing in this scope, the stand-in token's (``:s_<column>``, its nullable columns
+    NULL), with ``found`` false. ``FROM (SELECT :p_id AS id) wanted LEFT JOIN api_tokens …
+    LEFT JOIN tenants …``: both cases probe both primary keys and decode one row of the same
+    columns, so an unknown id costs what an existing one does."""
+    wanted = select(bindparam("p_id", type_=_tokens.c.id.type).label("id")).subquery("wanted")
+
+    def or_stand_in(column: ColumnElement[Any], name: str) -> ColumnElement[Any]:
+        stand_in = bindparam(f"s_{name}", type_=column.type)
+        return func.coalesce(column, stand_in).label(name)
+
+    columns = [
+        column if column.nullable else or_stand_in(column, column.name) for column in _tokens.c
+    ]
+    token = and_(_tokens.c.id == wanted.c.id, *tenant(_tokens))
+    its_tenant = _tenants.c.id == or_stand_in(_tokens.c.tenant_id, "tenant_id").element
+    return select(
+        _tokens.c.id.is_not(None).label("found"),
+        *columns,
+        or_stand_in(_tenants.c.status, "tenant_status"),
+    ).select_from(wanted.outerjoin(_tokens, token).outerjoin(_tenants, its_tenant))
 
 
-def select_token(session: Session, token_id: uuid.UUID) -> Any:
-    """A token's row with its tenant's status (``tenant_status``), or ``None`` if missing in
-    this scope: the one statement of token validation."""
-    return _first(_run(session, _TOKEN, {"p_id": token_id}))
+_TOKEN = _variants(_token)
+
+
+def select_token(session: Session, token_id: uuid.UUID, stand_in: dict[str, Any]) -> Any:
+    """The one statement of token validation: the token's row with its tenant's status
+    (``tenant_status``) and ``found`` true; for an id missing in this scope, the same
+    columns taken from ``stand_in`` (``s_<column>`` for every non-nullable column of
+    ``api_tokens`` and ``s_tenant_status``) with ``found`` false."""
+    return _run(session, _TOKEN, {**stand_in, "p_id": token_id})[0]

@@ -3,8 +3,12 @@
 The id is public and the primary key (O(1) lookup). The secret is 256 random bits, so a
 slow password KDF adds no security and only latency: tokens use ``pbkdf2_sha256`` at a low
 round count through a passlib ``CryptContext`` (constant-time compare, self-describing hashes,
-and ``verify_and_update`` to move to another scheme later by rehash-on-verify). Unknown ids
-pay a dummy verify, so timing does not tell an unknown id from a wrong secret.
+and ``verify_and_update`` to move to another scheme later by rehash-on-verify).
+
+Timing must not tell an unknown id from a wrong secret, so both do the same work: the lookup
+returns one row either way (an unknown id gets :data:`STAND_IN`, a token nobody holds, with
+the same columns and a hash of the same scheme and rounds), and that row's hash is verified
+once. Only then does validation look at whether the token was found, revoked or expired.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from passlib.context import CryptContext
@@ -39,6 +43,19 @@ TOKEN_HASHES = CryptContext(
     # High-entropy secrets need no key stretching; one round keeps validation ~25 µs.
     pbkdf2_sha256__rounds=1,
 )
+
+STAND_IN: dict[str, Any] = {
+    "s_id": uuid.uuid4(),
+    "s_tenant_id": "default",
+    "s_name": "stand-in",
+    "s_role": TokenRole.VIEWER.value,
+    # The hash of a secret that is thrown away at once: nothing verifies against it.
+    "s_secret_hash": TOKEN_HASHES.hash(secrets.token_urlsafe(SECRET_BYTES)),
+    "s_created_at": datetime(2024, 1, 1, tzinfo=UTC),
+    "s_tenant_status": TenantStatus.ACTIVE.value,
+}
+"""What the token lookup returns for an id missing in the scope (see
+:func:`statestore.db.queries.select_token`): a row like a fresh token's, never valid."""
 
 
 def token_from_row(row: Any) -> ApiToken:
@@ -116,13 +133,12 @@ class AuthRepository(Repository):
             TOKEN_HASHES.dummy_verify()
             return Validation(None)
         token_id, secret = parsed
-        row = queries.select_token(session, token_id)
-        if row is None:
-            TOKEN_HASHES.dummy_verify()
-            return Validation(None)
+        row = queries.select_token(session, token_id, STAND_IN)
         valid, new_hash = TOKEN_HASHES.verify_and_update(secret, row.secret_hash)
+        if not (valid and row.found):
+            return Validation(None)
         now = self.context.now()
-        if not valid or row.revoked_at is not None:
+        if row.revoked_at is not None:
             return Validation(None)
         if row.expires_at is not None and row.expires_at <= now:
             return Validation(None)
