@@ -2,6 +2,7 @@
 
 Exit codes: 0 on success, 1 on a reported error (one line on stderr, never a traceback),
 2 on bad usage. ``--url`` and ``--json`` are accepted before and after the subcommand.
+Commands that only read never create a database: on a missing SQLite file they fail.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from statestore.db.engine import URL_ENV_VAR
+from statestore.db.engine import URL_ENV_VAR, parse_database_url, require_existing_database
 from statestore.errors import MigrationError, NotFoundError, StateStoreError
 from statestore.models import Tenant, TenantStatus, TokenRole, WorkflowStatus
 from statestore.store import StateStore
@@ -71,21 +72,32 @@ def json_mode() -> bool:
     return bool(_setting("as_json"))
 
 
-def with_store(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-    """Run an async command with a connected store as its first argument."""
+def with_store(*, read_only: bool) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Any]]:
+    """Run an async command with a connected store as its first argument.
 
-    @wraps(fn)
-    def command(*args: Any, **kwargs: Any) -> Any:
-        async def run() -> Any:
-            store = await StateStore.connect(_setting("url"))
-            try:
-                return await fn(store, *args, **kwargs)
-            finally:
-                await store.close()
+    Every command says whether it only reads: opening a SQLite file that does not exist
+    creates it and its folder, which a command that only looks must not do, so a read-only
+    command on a missing file fails instead.
+    """
 
-        return asyncio.run(run())
+    def decorate(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+        @wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            async def run() -> Any:
+                url = _setting("url")
+                if read_only:
+                    require_existing_database(parse_database_url(url))
+                store = await StateStore.connect(url)
+                try:
+                    return await fn(store, *args, **kwargs)
+                finally:
+                    await store.close()
 
-    return command
+            return asyncio.run(run())
+
+        return command
+
+    return decorate
 
 
 def emit(data: Any, table: Callable[[], Table | str]) -> None:
@@ -144,7 +156,7 @@ def db() -> None:
 @db.command("upgrade")
 @common_options
 @click.argument("revision", default="head")
-@with_store
+@with_store(read_only=False)
 async def db_upgrade(store: StateStore, revision: str) -> None:
     """Upgrade the schema to REVISION (default: head)."""
     await store.migrate(revision)
@@ -155,7 +167,7 @@ async def db_upgrade(store: StateStore, revision: str) -> None:
 @db.command("downgrade")
 @common_options
 @click.argument("revision")
-@with_store
+@with_store(read_only=False)
 async def db_downgrade(store: StateStore, revision: str) -> None:
     """Downgrade the schema to REVISION ("base" removes everything)."""
     await store.downgrade(revision)
@@ -165,7 +177,7 @@ async def db_downgrade(store: StateStore, revision: str) -> None:
 
 @db.command("current")
 @common_options
-@with_store
+@with_store(read_only=True)
 async def db_current(store: StateStore) -> None:
     """Show the schema revision of the database and of this package."""
     current, head = await store.current_revision(), store.head_revision()
@@ -177,7 +189,7 @@ async def db_current(store: StateStore) -> None:
 
 @db.command("check")
 @common_options
-@with_store
+@with_store(read_only=True)
 async def db_check(store: StateStore) -> None:
     """Exit 0 if the schema is at head and matches the models, else 1."""
     current, head = await store.current_revision(), store.head_revision()
@@ -207,7 +219,7 @@ def _tenant_rows(items: list[Tenant]) -> Table:
 
 @tenants.command("list")
 @common_options
-@with_store
+@with_store(read_only=True)
 async def tenants_list(store: StateStore) -> None:
     """List tenants."""
     items = await store.list_tenants()
@@ -218,7 +230,7 @@ async def tenants_list(store: StateStore) -> None:
 @common_options
 @click.argument("tenant_id")
 @click.option("--name", default=None, help="Display name (default: the id).")
-@with_store
+@with_store(read_only=False)
 async def tenants_create(store: StateStore, tenant_id: str, name: str | None) -> None:
     """Create tenant TENANT_ID."""
     await store.create_tenant(Tenant(id=tenant_id, name=name or tenant_id))
@@ -229,7 +241,7 @@ async def tenants_create(store: StateStore, tenant_id: str, name: str | None) ->
 @tenants.command("suspend")
 @common_options
 @click.argument("tenant_id")
-@with_store
+@with_store(read_only=False)
 async def tenants_suspend(store: StateStore, tenant_id: str) -> None:
     """Suspend tenant TENANT_ID: new executions, enqueues and tokens are refused."""
     tenant = await store.get_tenant(tenant_id)
@@ -252,7 +264,7 @@ def tokens() -> None:
 @click.option("--role", required=True, type=click.Choice([r.value for r in TokenRole]))
 @click.option("--tenant", "tenant_id", default=None, help="Tenant (default: default).")
 @click.option("--expires-in", type=click.IntRange(min=1), default=None, metavar="SECONDS")
-@with_store
+@with_store(read_only=False)
 async def tokens_create(
     store: StateStore, name: str, role: str, tenant_id: str | None, expires_in: int | None
 ) -> None:
@@ -269,7 +281,7 @@ async def tokens_create(
 @tokens.command("list")
 @common_options
 @click.option("--tenant", "tenant_id", default=None)
-@with_store
+@with_store(read_only=True)
 async def tokens_list(store: StateStore, tenant_id: str | None) -> None:
     """List tokens (all tenants unless --tenant)."""
     scoped = _scoped(store, tenant_id)
@@ -298,7 +310,7 @@ async def tokens_list(store: StateStore, tenant_id: str | None) -> None:
 @tokens.command("revoke")
 @common_options
 @click.argument("token_id")
-@with_store
+@with_store(read_only=False)
 async def tokens_revoke(store: StateStore, token_id: str) -> None:
     """Revoke token TOKEN_ID."""
     await store.revoke_token(token_id)
@@ -316,7 +328,7 @@ def executions() -> None:
 @click.option("--status", type=click.Choice([s.value for s in WorkflowStatus]), default=None)
 @click.option("--tenant", "tenant_id", default=None)
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
-@with_store
+@with_store(read_only=True)
 async def executions_list(
     store: StateStore, status: str | None, tenant_id: str | None, limit: int
 ) -> None:
@@ -346,7 +358,7 @@ async def executions_list(
 @executions.command("show")
 @common_options
 @click.argument("execution_id")
-@with_store
+@with_store(read_only=True)
 async def executions_show(store: StateStore, execution_id: str) -> None:
     """Show one execution, its latest sequence and its work items."""
     execution = await store.get_execution(execution_id)
@@ -371,7 +383,7 @@ async def executions_show(store: StateStore, execution_id: str) -> None:
 @common_options
 @click.argument("execution_id")
 @click.option("--follow", is_flag=True, help="Keep printing new events until the execution ends.")
-@with_store
+@with_store(read_only=True)
 async def events(store: StateStore, execution_id: str, follow: bool) -> None:
     """Print an execution's events."""
     if await store.get_execution(execution_id) is None:
@@ -404,7 +416,7 @@ def queue() -> None:
 
 @queue.command("stats")
 @common_options
-@with_store
+@with_store(read_only=True)
 async def queue_stats(store: StateStore) -> None:
     """Count work items per queue type and status."""
     stats = await store.queue_stats()
@@ -428,7 +440,7 @@ async def queue_stats(store: StateStore) -> None:
     metavar="SECONDS",
     help="Keep reclaiming every SECONDS until interrupted.",
 )
-@with_store
+@with_store(read_only=False)
 async def queue_reclaim(store: StateStore, every: float | None) -> None:
     """Return expired leases to the queue (or the dead-letter queue)."""
     if every is not None:
@@ -453,7 +465,7 @@ def dlq() -> None:
 @dlq.command("list")
 @common_options
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
-@with_store
+@with_store(read_only=True)
 async def dlq_list(store: StateStore, limit: int) -> None:
     """List dead-lettered items, newest first."""
     letters = await store.list_dead_letters(limit=limit)
@@ -480,7 +492,7 @@ async def dlq_list(store: StateStore, limit: int) -> None:
 @dlq.command("requeue")
 @common_options
 @click.argument("item_id")
-@with_store
+@with_store(read_only=False)
 async def dlq_requeue(store: StateStore, item_id: str) -> None:
     """Put a dead-lettered item back in its queue with its attempts reset."""
     await store.requeue_dead_letter(item_id)

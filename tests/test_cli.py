@@ -16,6 +16,7 @@ import pytest
 from statestore import StateStore, WorkItemStatus
 
 STATESTORE = str(Path(sys.executable).with_name("statestore"))
+HEAD = StateStore.head_revision()
 
 
 def run(
@@ -42,11 +43,12 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str]) -> None:
 
 def test_db_commands_on_a_fresh_database(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
-    assert ok_json("db", "current", url=url) == {"revision": None, "head": "0001", "at_head": False}
+    assert_one_line_error(run("db", "current", url=url))  # read-only: creates nothing
     assert_one_line_error(run("db", "check", url=url))
-    assert ok_json("db", "upgrade", url=url) == {"revision": "0001"}
-    assert ok_json("db", "check", url=url) == {"revision": "0001", "ok": True}
+    assert ok_json("db", "upgrade", url=url) == {"revision": HEAD}
+    assert ok_json("db", "check", url=url) == {"revision": HEAD, "ok": True}
     assert ok_json("db", "downgrade", "base", url=url) == {"revision": None}
+    assert ok_json("db", "current", url=url) == {"revision": None, "head": HEAD, "at_head": False}
     assert_one_line_error(run("tenants", "list", url=url))  # not at head: MigrationError
     # python -m statestore and $STATESTORE_DATABASE_URL work the same way
     result = subprocess.run(
@@ -55,7 +57,7 @@ def test_db_commands_on_a_fresh_database(tmp_path: Path) -> None:
         text=True,
         env={**os.environ, "STATESTORE_DATABASE_URL": url},
     )
-    assert result.returncode == 0 and json.loads(result.stdout) == {"revision": "0001"}
+    assert result.returncode == 0 and json.loads(result.stdout) == {"revision": HEAD}
 
 
 def test_tenants_tokens_and_option_placement(database_url: str) -> None:
@@ -183,6 +185,81 @@ def test_demo_then_inspect_with_the_other_commands(database_url: str) -> None:
 
     requeued = run("dlq", "requeue", letter["item"]["id"], url=database_url)
     assert_one_line_error(requeued)  # its execution was failed after the demo: no new work
+
+
+READ_ONLY_COMMANDS = [
+    ["db", "current"],
+    ["db", "check"],
+    ["tenants", "list"],
+    ["tokens", "list"],
+    ["executions", "list"],
+    ["executions", "show", str(uuid.uuid4())],
+    ["events", str(uuid.uuid4())],
+    ["queue", "stats"],
+    ["dlq", "list"],
+]
+
+
+def test_read_only_commands_never_create_a_database(tmp_path: Path) -> None:
+    missing_folder = tmp_path / "missing" / "dir" / "x.db"
+    missing_file = tmp_path / "x.db"
+    # Each command once, alternating a missing folder and a missing file in an existing one.
+    calls = [
+        (argv, (missing_folder, missing_file)[i % 2]) for i, argv in enumerate(READ_ONLY_COMMANDS)
+    ]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda c: run(*c[0], url=f"sqlite:///{c[1]}"), calls))
+    for (argv, path), result in zip(calls, results, strict=True):
+        assert_one_line_error(result)
+        assert str(path) in result.stderr, (argv, result.stderr)
+    # The default URL from the environment is treated the same way.
+    from_env = run("tenants", "list", env={"STATESTORE_DATABASE_URL": f"sqlite:///{missing_file}"})
+    assert_one_line_error(from_env)
+    assert str(missing_file) in from_env.stderr
+    assert list(tmp_path.iterdir()) == []  # no folder, no file
+    # Commands that write still create it.
+    assert ok_json("db", "upgrade", url=f"sqlite:///{missing_folder}") == {"revision": HEAD}
+    assert [t["id"] for t in ok_json("tenants", "list", url=f"sqlite:///{missing_folder}")] == [
+        "default"
+    ]
+
+
+SECRET = "SeCrEt"
+LEAKY_URLS = [
+    f"postgresql://user:{SECRET}@127.0.0.1:abc/db",
+    f"postgresql://user:{SECRET}@127.0.0.1:99999/db",
+    f"postgresql://user:{SECRET}a@{SECRET}b@127.0.0.1:1/db",
+    f"postgr esql://user:{SECRET}@h/db",
+    f"{SECRET}-only",
+    f"postgresql://user@127.0.0.1:1/db?password={SECRET}",
+    f"postgresql://user@127.0.0.1:1/db?sslmode=require&api_key={SECRET}",
+    f"postgresql://user:{SECRET}@127.0.0.1:1/db?sslmode=require",
+    f"sqlite://user:{SECRET}@host/x.db",
+]
+
+
+def test_the_database_password_is_never_printed() -> None:
+    calls = [("--url", url) for url in LEAKY_URLS]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda c: run(*c, "tenants", "list"), calls))
+        results += list(
+            pool.map(
+                lambda url: run("queue", "stats", env={"STATESTORE_DATABASE_URL": url}),
+                LEAKY_URLS[:3],
+            )
+        )
+    for result in results:
+        assert_one_line_error(result)
+        assert SECRET not in result.stdout + result.stderr, result.stderr
+        assert "unexpected" not in result.stderr
+
+
+def test_the_demo_summary_hides_a_query_password(pg_database: str) -> None:
+    summary = ok_json(
+        "demo", "--executions", "1", "--workers", "1", url=f"{pg_database}?password={SECRET}"
+    )
+    assert summary["executions_completed"] == 1
+    assert SECRET not in summary["store"] and "***" in summary["store"]
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["db", "--help"], ["demo", "--help"]])

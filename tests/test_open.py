@@ -3,6 +3,7 @@ the engine, scoping, and the schema-revision check."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,28 @@ async def test_sqlite_memory_url() -> None:
         assert store.engine.url.drivername == "sqlite+aiosqlite"
         default = await store.get_tenant("default")
         assert default is not None
+        await round_trip(store)
+
+
+async def journal_mode(store: StateStore) -> str:
+    async with store.engine.connect() as conn:
+        return str((await conn.execute(text("PRAGMA journal_mode"))).scalar_one())
+
+
+@pytest.mark.parametrize("folder", ["agent-memory", ":memory:", "memory"])
+async def test_a_file_whose_path_says_memory_runs_in_wal_mode(tmp_path: Path, folder: str) -> None:
+    path = tmp_path / folder / "memory.db"
+    async with await StateStore.open(f"sqlite:///{path}") as store:
+        assert await journal_mode(store) == "wal"
+        await round_trip(store)
+    with sqlite3.connect(path) as raw:  # WAL is recorded in the file itself
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    raw.close()
+
+
+async def test_memory_database_keeps_its_memory_journal() -> None:
+    async with await StateStore.open("sqlite:///:memory:") as store:
+        assert await journal_mode(store) == "memory"
         await round_trip(store)
 
 

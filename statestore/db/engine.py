@@ -20,23 +20,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Dialect, Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool, StaticPool
 
+from statestore.db.urls import (
+    ACCEPTED_SCHEMES,
+    check_single_at,
+    normalise_postgres_url,
+    parse_url,
+)
 from statestore.errors import ConfigurationError
 
 URL_ENV_VAR = "STATESTORE_DATABASE_URL"
 DEFAULT_URL = "sqlite:///./statestore.db"
-ACCEPTED_SCHEMES = (
-    "sqlite:///PATH",
-    "sqlite:///:memory:",
-    "sqlite+aiosqlite:///PATH",
-    "postgresql://…",
-    "postgres://…",
-    "postgresql+asyncpg://…",
-)
 
 _SQLITE_DRIVERS = {"sqlite", "sqlite+aiosqlite", "sqlite+pysqlite"}
 _POSTGRES_DRIVERS = {"postgresql", "postgres", "postgresql+asyncpg"}
@@ -63,9 +61,11 @@ class DatabaseConfig:
 
     @property
     def is_memory(self) -> bool:
+        """An in-memory SQLite database: the one definition every in-memory decision uses."""
         return self.dialect == "sqlite" and self.sqlite_path is None
 
     def redacted(self) -> str:
+        """The URL with its password hidden (a ``?password=`` was moved into it on parsing)."""
         return self.async_url.render_as_string(hide_password=True)
 
 
@@ -79,29 +79,32 @@ def resolve_url(url: str | URL | None) -> str | URL:
 def parse_database_url(url: str | URL | None) -> DatabaseConfig:
     """Normalise a URL to the async driver of its database.
 
-    Raises :class:`ConfigurationError` for anything that is not SQLite or PostgreSQL.
+    Raises :class:`ConfigurationError` for anything that is not SQLite or PostgreSQL, a bad
+    port and a query option asyncpg does not take; no message repeats the URL's password.
     """
     raw = resolve_url(url)
     if not isinstance(raw, str | URL):
         raise ConfigurationError(f"database URL must be a string, got {type(raw).__name__}")
-    try:
-        parsed = make_url(raw)
-    except (ArgumentError, ValueError) as exc:
-        raise ConfigurationError(
-            f"cannot parse database URL {str(raw)!r:.200}: {exc}; accepted: "
-            + ", ".join(ACCEPTED_SCHEMES)
-        ) from None
+    parsed = parse_url(raw)
     driver = parsed.drivername
     if driver in _SQLITE_DRIVERS:
         return _sqlite_config(parsed)
     if driver in _POSTGRES_DRIVERS:
-        return DatabaseConfig("postgresql", parsed.set(drivername="postgresql+asyncpg"))
+        check_single_at(raw)
+        return DatabaseConfig("postgresql", normalise_postgres_url(parsed))
     raise ConfigurationError(
         f"unsupported database URL scheme {driver!r}; accepted: " + ", ".join(ACCEPTED_SCHEMES)
     )
 
 
 def _sqlite_config(parsed: URL) -> DatabaseConfig:
+    if parsed.username or parsed.password or parsed.host or parsed.port:
+        # Not shown: these parts may hold a password (and sqlite://name.db would silently
+        # be an in-memory database, "name.db" being read as a host).
+        raise ConfigurationError(
+            "an SQLite URL has no user, password, host or port: write sqlite:///PATH "
+            "(three slashes) or sqlite:///:memory:"
+        )
     database = parsed.database
     if not database or database == ":memory:" or database.startswith("file::memory:"):
         # One named shared-cache in-memory database, so that the store's connection and
@@ -133,6 +136,18 @@ def ensure_sqlite_folder(config: DatabaseConfig) -> None:
         raise ConfigurationError(f"cannot create folder {folder} for the database: {exc}") from exc
 
 
+def require_existing_database(config: DatabaseConfig) -> None:
+    """Raise :class:`ConfigurationError` unless the SQLite file exists, for callers that
+    only read: opening a missing file would create it (and :func:`ensure_sqlite_folder` its
+    folder). PostgreSQL and in-memory databases have nothing to check here."""
+    path = config.sqlite_path
+    if path is not None and not path.is_file():
+        raise ConfigurationError(
+            f"no SQLite database at {path}: a read-only command does not create one "
+            "(`statestore db upgrade` does)"
+        )
+
+
 @dataclass(frozen=True)
 class SqliteSettings:
     """Connection settings for SQLite."""
@@ -141,10 +156,14 @@ class SqliteSettings:
     busy_timeout_ms: int = 30_000
 
 
-def install_sqlite_setup(engine: Engine, settings: SqliteSettings, *, begin: str) -> None:
+def install_sqlite_setup(
+    engine: Engine, config: DatabaseConfig, settings: SqliteSettings, *, begin: str
+) -> None:
     """Pragmas on connect, and our own ``BEGIN`` statement (``begin`` is e.g. "BEGIN
     IMMEDIATE") instead of the driver's implicit transactions."""
-    wal = "memory" not in str(engine.url.database)
+    # WAL needs a file; an in-memory database keeps its own "memory" journal. Decided from
+    # the parsed config, never from the path's text: /srv/agent-memory/state.db is a file.
+    wal = not config.is_memory
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -180,7 +199,7 @@ def create_sqlite_engine(
     else:
         options.update(pool_size=pool_size, max_overflow=0)
     engine = create_engine(config.sync_url, **options)
-    install_sqlite_setup(engine, settings, begin=begin)
+    install_sqlite_setup(engine, config, settings, begin=begin)
     _use_driver_savepoints(engine.dialect)
     return engine
 
@@ -241,5 +260,5 @@ def create_user_engine(
     except (ArgumentError, TypeError) as exc:
         raise ConfigurationError(f"invalid engine options: {exc}") from exc
     if config.dialect == "sqlite":
-        install_sqlite_setup(engine.sync_engine, settings, begin="BEGIN IMMEDIATE")
+        install_sqlite_setup(engine.sync_engine, config, settings, begin="BEGIN IMMEDIATE")
     return engine
