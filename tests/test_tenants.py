@@ -26,6 +26,8 @@ from statestore import (
     WorkflowExecution,
     WorkflowFailed,
     WorkflowStatus,
+    WorkItem,
+    WorkItemStatus,
 )
 from statestore.errors import ConflictError
 
@@ -335,6 +337,98 @@ async def test_inactive_tenant_refuses_new_executions(
     found = await store.for_tenant("t").get_execution(existing.execution_id)
     assert found is not None
     assert await count(store, "workflow_executions") == 1
+
+
+async def set_status(store: StateStore, tenant_id: str, status: TenantStatus) -> None:
+    await store.update_tenant(Tenant(id=tenant_id, name=tenant_id.upper(), status=status))
+
+
+async def enqueued(store: StateStore, tenant_id: str, node_id: str, **kw: object) -> WorkItem:
+    run = execution(tenant_id=tenant_id)
+    await store.create_execution(run)
+    item = WorkItem(execution_id=run.execution_id, node_id=node_id, queue_type="q", **kw)  # type: ignore[arg-type]
+    await store.enqueue_work_item(item)
+    return item
+
+
+@pytest.mark.parametrize("status", [TenantStatus.SUSPENDED, TenantStatus.ARCHIVED])
+async def test_inactive_tenant_dead_letters_are_not_requeued(
+    store: StateStore, status: TenantStatus
+) -> None:
+    """A requeue is new work (an enqueue): refused, nothing written, until reactivated."""
+    await store.create_tenant(Tenant(id="t", name="T"))
+    item = await enqueued(store, "t", "n")
+    await store.move_to_dead_letter(item.id, "poison")
+    letter = await store.get_work_item(item.id)
+    await set_status(store, "t", status)
+    for view in (store, store.for_tenant("t")):
+        with pytest.raises(TenantSuspendedError):
+            await view.requeue_dead_letter(item.id)
+    assert await store.get_work_item(item.id) == letter
+    await set_status(store, "t", TenantStatus.ACTIVE)
+    await store.requeue_dead_letter(item.id)
+    requeued = await store.get_work_item(item.id)
+    assert requeued is not None and requeued.status is WorkItemStatus.PENDING
+
+
+@pytest.mark.parametrize("status", [TenantStatus.SUSPENDED, TenantStatus.ARCHIVED])
+async def test_inactive_tenant_pending_items_wait_until_reactivated(
+    store: StateStore, status: TenantStatus
+) -> None:
+    """Claims skip an inactive tenant's pending items (they stay pending, untouched) and
+    take the next eligible item; after reactivation they are claimed as usual."""
+    await store.create_tenant(Tenant(id="t", name="T"))
+    first = await enqueued(store, "t", "first", priority=10)
+    other = await enqueued(store, "default", "other", priority=0)
+    await set_status(store, "t", status)
+    before = await store.get_work_item(first.id)
+    claimed = await store.claim_work_items("w", ["q"], 10)
+    assert [i.id for i in claimed] == [other.id]
+    assert await store.claim_work_item("w", ["q"]) is None
+    assert await store.for_tenant("t").claim_work_item("w", ["q"]) is None
+    assert await store.get_work_item(first.id) == before
+    await set_status(store, "t", TenantStatus.ACTIVE)
+    again = await store.claim_work_item("w", ["q"])
+    assert again is not None and again.id == first.id
+
+
+async def test_suspended_tenant_claimed_work_can_be_drained(
+    make_store: StoreFactory, clock: Clock
+) -> None:
+    """Work claimed before the suspension is finished as usual: renew, complete, fail,
+    dead-letter and reclaim all work; an item sent back to pending waits for reactivation."""
+    store = await make_store(clock=clock)
+    await store.create_tenant(Tenant(id="t", name="T"))
+    items = [await enqueued(store, "t", f"n{n}", max_attempts=5) for n in range(5)]
+    claimed = {i.id: i for i in await store.claim_work_items("w", ["q"], 10)}
+    assert set(claimed) == {i.id for i in items}
+    await set_status(store, "t", TenantStatus.SUSPENDED)
+    done, retried, failed, dead, expired = (claimed[i.id] for i in items)
+    scoped = store.for_tenant("t")
+    await scoped.renew_lease(done.id, "w", lease_fence=done.lease_fence)
+    await scoped.complete_work_item(done.id, worker_id="w", lease_fence=done.lease_fence)
+    status = await scoped.fail_work_item(
+        retried.id, "again", retry_in=timedelta(0), worker_id="w", lease_fence=retried.lease_fence
+    )
+    assert status is WorkItemStatus.PENDING
+    assert await store.fail_work_item(failed.id, "no", worker_id="w") is WorkItemStatus.FAILED
+    await store.move_to_dead_letter(dead.id, "poison")
+    clock.advance(seconds=31)
+    result = await store.reclaim_expired_leases()
+    assert [i.id for i in result.retryable] == [expired.id]
+    stored = [await scoped.get_work_item(i.id) for i in items]
+    statuses = {i.node_id: i.status for i in stored if i is not None}
+    assert statuses == {
+        "n0": WorkItemStatus.COMPLETED,
+        "n1": WorkItemStatus.PENDING,
+        "n2": WorkItemStatus.FAILED,
+        "n3": WorkItemStatus.DEAD_LETTERED,
+        "n4": WorkItemStatus.PENDING,
+    }
+    clock.advance(seconds=3600)
+    assert await store.claim_work_item("w", ["q"]) is None  # pending, but not new work yet
+    await set_status(store, "t", TenantStatus.ACTIVE)
+    assert len(await store.claim_work_items("w", ["q"], 10)) == 2
 
 
 async def test_unknown_tenant_refuses_new_executions(store: StateStore) -> None:

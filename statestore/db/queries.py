@@ -48,6 +48,8 @@ from statestore.models import TenantStatus, WorkflowStatus
 
 _executions: Table = ExecutionRow.__table__  # type: ignore[assignment]
 _events: Table = EventRow.__table__  # type: ignore[assignment]
+_tokens: Table = ApiTokenRow.__table__  # type: ignore[assignment]
+_tenants: Table = TenantRow.__table__  # type: ignore[assignment]
 
 
 class _Variants(NamedTuple):
@@ -292,29 +294,36 @@ _items: Table = WorkItemRow.__table__  # type: ignore[assignment]
 PENDING: ColumnElement[str] = literal_column("'pending'")
 CLAIMED: ColumnElement[str] = literal_column("'claimed'")
 DEAD_LETTERED: ColumnElement[str] = literal_column("'dead_lettered'")
+ACTIVE: ColumnElement[str] = literal_column(f"'{TenantStatus.ACTIVE.value}'")
+
+
+def _tenant_is_active(tenant_id: ColumnElement[str]) -> ColumnElement[bool]:
+    """The one SQL definition of "the tenant of this row takes new work" (enqueue, claim):
+    ``(SELECT status FROM tenants WHERE id = <row>.tenant_id) = 'active'``. A scalar
+    subquery is evaluated per candidate row as one primary-key probe; PostgreSQL would turn
+    an ``EXISTS`` into a join, which can cost the claim its ordered scan of the partial
+    index."""
+    status = select(_tenants.c.status).where(_tenants.c.id == tenant_id).scalar_subquery()
+    return status == ACTIVE
 
 
 def _enqueue(tenant: TenantPredicate) -> Executable:
     """Insert a pending work item, taking its tenant from its execution, only if the
     execution is visible in this scope, not finished, and its tenant is active: ``INSERT
-    INTO work_items … SELECT …, e.tenant_id FROM workflow_executions e JOIN tenants t …
-    RETURNING id``. One statement, so it needs no transaction around it."""
+    INTO work_items … SELECT …, e.tenant_id FROM workflow_executions e WHERE … RETURNING
+    id``. One statement, so it needs no transaction around it."""
     given = {
         column.name: bindparam(column.name, type_=column.type)
         for column in _items.c
         if column.name not in ("execution_id", "tenant_id")
     }
-    source = (
-        select(*given.values(), _executions.c.id, _executions.c.tenant_id)
-        .select_from(_executions.join(_tenants, _tenants.c.id == _executions.c.tenant_id))
-        .where(
-            _executions.c.id == bindparam("p_execution_id"),
-            _executions.c.status.not_in(
-                [literal_column(f"'{s.value}'") for s in WorkflowStatus if s.is_terminal]
-            ),
-            _tenants.c.status == TenantStatus.ACTIVE.value,
-            *tenant(_executions),
-        )
+    source = select(*given.values(), _executions.c.id, _executions.c.tenant_id).where(
+        _executions.c.id == bindparam("p_execution_id"),
+        _executions.c.status.not_in(
+            [literal_column(f"'{s.value}'") for s in WorkflowStatus if s.is_terminal]
+        ),
+        _tenant_is_active(_executions.c.tenant_id),
+        *tenant(_executions),
     )
     return (
         insert(_items)
@@ -337,6 +346,8 @@ def _claim(tenant: TenantPredicate, type_count: int) -> Executable:
             _items.c.status == PENDING,
             _items.c.queue_type.in_([bindparam(f"p_type{i}") for i in range(type_count)]),
             _items.c.available_at <= bindparam("p_now", type_=UTCDateTime()),
+            # Items of a suspended or archived tenant stay pending until it is active again.
+            _tenant_is_active(_items.c.tenant_id),
             *tenant(_items),
         )
         .order_by(_items.c.priority.desc(), _items.c.created_at)
@@ -540,9 +551,6 @@ def complete_each_claimed(
 
 
 # ---------------------------------------------------------------- tenants and tokens
-
-_tokens: Table = ApiTokenRow.__table__  # type: ignore[assignment]
-_tenants: Table = TenantRow.__table__  # type: ignore[assignment]
 
 # Tenants are not tenant-owned rows: every scope may read its tenant's status and limits.
 _TENANT_ROW = select(_tenants.c.id, _tenants.c.status, _tenants.c.limits).where(

@@ -401,10 +401,14 @@ class QueueRepository(Repository):
         ]
 
     def requeue_dead_letter(self, session: Session, item_id: uuid.UUID | str) -> None:
+        """Put a dead-lettered item back to pending. This is new work, so it is refused
+        like an enqueue: TenantSuspendedError for an inactive tenant, InvalidTransitionError
+        for a finished execution."""
         item_id = check_uuid("item_id", item_id)
         row = self._locked(session, item_id)
         if row.status != WorkItemStatus.DEAD_LETTERED.value:
             raise InvalidTransitionError(f"work item {item_id} is {row.status}, not dead-lettered")
+        require_active_tenant(session, row.tenant_id)
         status = session.scalar(
             select(ExecutionRow.status).where(ExecutionRow.id == row.execution_id)
         )
