@@ -94,6 +94,9 @@ class QueueRepository(Repository):
     # ------------------------------------------------------------------ enqueue and read
 
     def enqueue(self, session: Session, item: WorkItem) -> uuid.UUID:
+        """Add a pending work item; returns its id. Refused, with nothing written:
+        NotFoundError (execution missing in this scope), InvalidTransitionError (execution
+        finished), TenantSuspendedError (tenant not active), ConflictError (duplicate id)."""
         item = coerce_model("item", WorkItem, item)
         max_bytes = self.context.max_json_bytes
         now = self.context.now()
