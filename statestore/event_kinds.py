@@ -10,6 +10,7 @@ new kind.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -17,7 +18,10 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, JsonValue
 
 from statestore.errors import ValidationError
-from statestore.validation import pydantic_error
+from statestore.validation import json_error, pydantic_error
+
+FieldTypes = Mapping[str, type]
+"""Field name → the Python type its JSON form is parsed back into."""
 
 
 class BaseEventKind(BaseModel):
@@ -33,11 +37,25 @@ class BaseEventKind(BaseModel):
 
     def to_json_dict(self) -> dict[str, Any]:
         """The kind as the seed's internally tagged JSON object."""
-        data = self.model_dump(mode="json")
+        try:
+            data = self.model_dump(mode="json")
+        except ValueError as exc:  # e.g. pydantic cannot encode a lone surrogate in a key
+            raise json_error("event kind", exc) from None
         for field in self._omit_when_none:
             if data.get(field, 0) is None:
                 del data[field]
         return data
+
+    def json_typed_fields(self) -> FieldTypes:
+        """Fields that may hold a Python value JSON has no type for (a datetime), because
+        reading the event back parses them with the typed kind named by ``type``. Empty for
+        an engine's own kinds: they read back as :class:`CustomEvent`, whose values are
+        plain JSON, so every value in them must already be JSON
+        (:func:`statestore.validation.check_json_shape`)."""
+        typed = KIND_BY_TYPE.get(self.type)
+        if typed is None or not isinstance(self, typed):
+            return {}
+        return _TYPED_FIELDS[typed]
 
 
 class CustomEvent(BaseEventKind):
@@ -209,6 +227,11 @@ TYPED_KINDS: tuple[type[BaseEventKind], ...] = (
 
 KIND_BY_TYPE: dict[str, type[BaseEventKind]] = {
     kind.model_fields["type"].default: kind for kind in TYPED_KINDS
+}
+# Declared datetime fields: JSON holds their ISO text, the kind's model parses it back.
+_TYPED_FIELDS: dict[type[BaseEventKind], FieldTypes] = {
+    kind: {name: datetime for name, f in kind.model_fields.items() if f.annotation is datetime}
+    for kind in TYPED_KINDS
 }
 
 

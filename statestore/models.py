@@ -7,9 +7,18 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationInfo,
+)
 
 from statestore.event_kinds import EventKind
+from statestore.validation import check_datetime
 
 
 def utc_now() -> datetime:
@@ -17,8 +26,14 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda value: value.astimezone(UTC))]
-"""An aware datetime, normalised to UTC. Naive datetimes are refused."""
+def _in_utc(value: datetime, info: ValidationInfo) -> datetime:
+    """The field's value in UTC; refused (a ValueError to pydantic) if it has no UTC form."""
+    return check_datetime(info.field_name or "datetime", value)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+"""An aware datetime, normalised to UTC. Naive datetimes, and datetimes that do not exist
+in UTC (year 1 at +05:00), are refused."""
 
 
 class _Model(BaseModel):

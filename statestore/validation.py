@@ -7,10 +7,12 @@ inputs and behave the same (PostgreSQL refuses NUL in text, SQLite would store i
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import uuid
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -21,6 +23,12 @@ from statestore.errors import ValidationError
 MAX_IDENTIFIER_LENGTH = 255
 DEFAULT_MAX_JSON_BYTES = 16 * 1024 * 1024
 MAX_INT64 = 2**63 - 1
+MAX_JSON_DEPTH = 100
+"""Deepest nesting of objects and arrays the store writes: ``1`` and ``"x"`` are depth 0,
+``[]`` and ``{"a": 1}`` depth 1, an event kind's object counts as one level. Every read
+builds pydantic models, whose validation gives up at about 250 levels; a lower limit on
+every write keeps every stored value readable (with room for callers' own models around
+ours), and matches common JSON parsers' defaults (Ruby 100, serde_json 128)."""
 
 _TENANT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # An escaped NUL in json.dumps output: "\u0000" preceded by an even number of backslashes.
@@ -92,12 +100,20 @@ def check_optional_int(name: str, value: object, *, minimum: int) -> int | None:
 
 
 def check_datetime(name: str, value: object) -> datetime:
-    """A timezone-aware datetime."""
+    """A timezone-aware datetime, returned in UTC.
+
+    Both databases store UTC, so a value must exist in UTC: year 1 at +05:00 is still year 0
+    there, 9999-12-31 23:00 at -05:00 already year 10000, and Python has neither."""
     if not isinstance(value, datetime):
         raise ValidationError(f"{name} must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValidationError(f"{name} must be timezone-aware")
-    return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError(
+            f"{name} is {value.isoformat()}, outside years 1-9999 once converted to UTC"
+        ) from None
 
 
 MAX_DURATION = timedelta(days=365 * 100)
@@ -124,60 +140,125 @@ def check_enum(name: str, enum_type: type[E], value: object) -> E:
 
 
 def check_json(name: str, value: object, max_bytes: int) -> Any:
-    """Real JSON (no NaN/Infinity, str keys), no NUL or lone surrogates, at most ``max_bytes``."""
+    """Real JSON (see :func:`json_text`) of at most ``max_bytes``."""
     json_text(name, value, max_bytes)
     return value
 
 
 def json_text(name: str, value: object, max_bytes: int, *, keys_checked: bool = False) -> str:
-    """:func:`check_json`, returning the JSON text: the exact text the database driver would
-    be given (the engines' ``json_serializer``), so it can be bound as is.
-    ``keys_checked``: the caller already ran :func:`check_str_keys` on the value."""
+    """The JSON text of ``value``, checked: :func:`check_json_shape` (unless the caller
+    already ran it: ``keys_checked``), no NaN/Infinity, no NUL or lone surrogates, at most
+    ``max_bytes``. It is the exact text the database driver would be given (the engines'
+    ``json_serializer``), so it can be bound as is."""
+    if not keys_checked:
+        check_json_shape(name, value)
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise ValidationError(f"{name} is not valid JSON: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise json_error(name, exc) from None
     if "\\u0000" in text and _ESCAPED_NUL.search(text):
         raise ValidationError(f"{name} must not contain NUL characters")
     try:
         size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ValidationError(f"{name} must not contain lone surrogates") from None
+    except UnicodeEncodeError as exc:
+        raise json_error(name, exc) from None
     if size > max_bytes:
         raise ValidationError(f"{name} is {size} bytes of JSON; the limit is {max_bytes}")
-    if not keys_checked:
-        check_str_keys(name, value)
     return text
 
 
-def check_str_keys(name: str, value: object) -> None:
-    """Refuse objects with non-string keys (JSON would silently turn them into strings)."""
-    if not _has_only_str_keys(value):
-        raise ValidationError(f"{name} must have string object keys")
+def check_json_shape(name: str, value: object) -> None:
+    """Refuse what JSON would not store exactly, before anything is encoded: nesting deeper
+    than :data:`MAX_JSON_DEPTH`, object keys that are not strings (JSON would turn them into
+    strings), and values that are not JSON (a ``Decimal``, ``bytes``, a set or a datetime
+    would come back as something else). Pydantic models count as the objects they dump to;
+    a model may name fields its own validation parses back from JSON (see
+    :meth:`statestore.event_kinds.BaseEventKind.json_typed_fields`).
+
+    One iterative walk: it cannot overflow the stack, whatever the depth."""
+    problem = _shape_problem(value)
+    if problem is not None:
+        raise ValidationError(f"{name} {problem}")
 
 
-def _has_only_str_keys(value: object) -> bool:
-    # json.dumps silently turns int/float/bool/None keys into strings; a round trip would
-    # not give the caller's value back, so such keys are refused.
-    stack = [value]
+def json_error(name: str, exc: TypeError | ValueError) -> ValidationError:
+    """How a value that cannot be encoded as JSON text is reported (by :func:`json_text`,
+    and by event kinds, which pydantic encodes)."""
+    if isinstance(exc, UnicodeError):
+        return ValidationError(f"{name} must not contain lone surrogates")
+    reason = str(exc).partition("\n")[0][:120]
+    return ValidationError(f"{name} is not valid JSON: {reason}")
+
+
+check_str_keys = check_json_shape
+"""The name the event repository calls :func:`check_json_shape` by."""
+
+
+# How a value nested too deep is reported, by the walk below and for pydantic's own
+# recursion limit (:func:`_summarise`).
+_TOO_DEEP = f"is nested deeper than {MAX_JSON_DEPTH} levels of objects and arrays"
+
+
+def _shape_problem(value: object) -> str | None:
+    """What :func:`check_json_shape` refuses in ``value`` (the end of a sentence naming it),
+    or ``None``. Depth-first, so a cyclic value stops at the depth limit."""
+    if not isinstance(value, _CONTAINERS):
+        return _leaf_problem(value)
+    stack: list[tuple[object, int]] = [(value, 1)]
     while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, child in item.items():
-                if not isinstance(key, str):
-                    return False
-                if isinstance(child, _CONTAINERS):
-                    stack.append(child)
-        elif isinstance(item, list | tuple):
-            stack.extend(child for child in item if isinstance(child, _CONTAINERS))
-        elif isinstance(item, pydantic.BaseModel):  # dumped as its fields (and extras)
-            stack.append(vars(item))
-            if item.__pydantic_extra__:
-                stack.append(item.__pydantic_extra__)
-    return True
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return _TOO_DEEP
+        children, typed = _children(item)
+        if children is None:
+            return "must have string object keys"
+        for key, child in children:
+            if type(child) in _SCALAR_TYPES:  # the common case, decided fastest
+                continue
+            if isinstance(child, _CONTAINERS):
+                stack.append((child, depth + 1))
+            elif key in typed and isinstance(child, typed[key]):
+                continue  # the model parses this field back into the same type
+            elif (problem := _leaf_problem(child)) is not None:
+                return problem
+    return None
+
+
+_NO_TYPED_FIELDS: dict[str, type] = {}
+
+
+def _children(item: object) -> tuple[Iterable[tuple[Any, object]] | None, Mapping[str, type]]:
+    """The (key or index, value) pairs inside a container (``None`` if an object key is not
+    a string), and the fields of a model that may hold a typed value."""
+    if isinstance(item, dict):
+        # json.dumps silently turns int/float/bool/None keys into strings; a round trip
+        # would not give the caller's value back, so such keys are refused.
+        if not all(isinstance(key, str) for key in item):
+            return None, _NO_TYPED_FIELDS
+        return item.items(), _NO_TYPED_FIELDS
+    if isinstance(item, pydantic.BaseModel):  # dumped as its fields (and extras)
+        fields = vars(item).items()
+        extra = item.__pydantic_extra__
+        if extra and not all(isinstance(key, str) for key in extra):
+            return None, _NO_TYPED_FIELDS
+        hook = getattr(type(item), "json_typed_fields", None)
+        typed = hook(item) if callable(hook) else _NO_TYPED_FIELDS
+        return (itertools.chain(fields, extra.items()) if extra else fields), typed
+    assert isinstance(item, list | tuple)
+    return enumerate(item), _NO_TYPED_FIELDS
+
+
+def _leaf_problem(value: object) -> str | None:
+    """Why a value that is not a container cannot be stored as JSON, or ``None``."""
+    if isinstance(value, _SCALARS):
+        return None
+    return f"holds a {type(value).__name__}, which is not a JSON value"
 
 
 _CONTAINERS = (dict, list, tuple, pydantic.BaseModel)
+# bool is an int; str, int and float subclasses (enums) are written as their value.
+_SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
+_SCALARS = (str, int, float, type(None))
 
 
 def coerce_model(name: str, model_type: type[M], value: object) -> M:
@@ -192,11 +273,26 @@ def coerce_model(name: str, model_type: type[M], value: object) -> M:
 
 
 def _summarise(exc: pydantic.ValidationError) -> str:
+    """The first errors of ``exc`` in one short line: a deep value's location alone can run
+    to kilobytes ("state.list.0.list.0…"), so locations are cut and pydantic's recursion
+    limit is reported like the store's own nesting limit."""
     parts = []
     for error in exc.errors()[:3]:
-        location = ".".join(str(p) for p in error["loc"]) or "value"
+        loc = [str(p) for p in error["loc"]]
+        if error["type"] in _PYDANTIC_TOO_DEEP:
+            parts.append(f"{loc[0] if loc else 'value'} {_TOO_DEEP}")
+            break
+        location = ".".join(loc) or "value"
+        if len(location) > _MAX_LOCATION:
+            location = location[: _MAX_LOCATION - 1] + "…"
         parts.append(f"{location}: {error['msg']}")
-    return "; ".join(parts)
+    summary = "; ".join(parts)
+    return summary if len(summary) <= _MAX_SUMMARY else summary[: _MAX_SUMMARY - 1] + "…"
+
+
+_PYDANTIC_TOO_DEEP = frozenset({"recursion_loop", "recursion_depth_exceeded"})
+_MAX_LOCATION = 60
+_MAX_SUMMARY = 160
 
 
 def pydantic_error(name: str, exc: pydantic.ValidationError) -> ValidationError:

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Dialect, String
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from statestore.errors import ValidationError
+from statestore.validation import check_datetime
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -27,9 +27,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValidationError("naive datetimes are not accepted; pass an aware UTC datetime")
-        value = value.astimezone(UTC)
+        value = check_datetime("timestamp", value)
         if dialect.name == "sqlite":
             return value.replace(tzinfo=None)
         return value
@@ -64,12 +62,30 @@ class UTCDateTime(TypeDecorator[datetime]):
         return process
 
 
-def json_type(*, nullable: bool = False) -> TypeEngine[Any]:
-    """JSON on SQLite, JSONB on PostgreSQL.
+class JsonText(JSON):
+    """JSON stored as the exact text the store wrote, so every value reads back as written
+    on both databases (``1e16`` stays a float, ``-0.0`` keeps its sign, keys keep their
+    order).
 
-    ``nullable=True`` stores Python ``None`` as SQL NULL; otherwise ``None`` is JSON ``null``.
+    PostgreSQL: ``json``, which keeps the text; ``jsonb`` re-renders numbers as ``numeric``
+    (``1e16`` came back as the int ``10000000000000000``, ``-0.0`` as ``0.0``) and sorts
+    keys. SQLite: a ``TEXT`` column; a column declared ``JSON`` has NUMERIC affinity, which
+    turns a top-level number into an INTEGER or REAL (``2**63`` came back as a float).
+    Values are encoded and decoded as SQLAlchemy's JSON type does; only the DDL differs.
     """
-    return JSON(none_as_null=nullable).with_variant(JSONB(none_as_null=nullable), "postgresql")
+
+    cache_ok = True
+
+
+@compiles(JsonText, "sqlite")
+def _sqlite_json_text(type_: JsonText, compiler: Any, **kw: Any) -> str:
+    return "TEXT"
+
+
+def json_type(*, nullable: bool = False) -> TypeEngine[Any]:
+    """A :class:`JsonText` column. ``nullable=True`` stores Python ``None`` as SQL NULL;
+    otherwise ``None`` is JSON ``null``."""
+    return JsonText(none_as_null=nullable)
 
 
 def identifier_type(length: int) -> TypeEngine[str]:
