@@ -2080,6 +2080,48 @@ async def test_limits_hold_under_concurrent_creates(
             assert len({d.workflow_id for d in await scoped.list_workflows()}) == 2
 
 
+# ---------------------------------------------------------------- ids are unguessable
+
+
+async def test_every_id_the_store_makes_is_a_random_uuid4(store: StateStore) -> None:
+    """Design decisions 6 and 14: a scoped store may learn that an id exists in another
+    tenant (``ConflictError`` on create), which is safe only because no id can be guessed.
+    Every id the store and its models make (none given by the caller) is a random version 4
+    UUID, in the API and in every table, and none repeats; no id is derived from another."""
+    await store.create_tenant(Tenant(id="acme", name="Acme"))
+    made: list[uuid.UUID] = []
+    for view in (store, store.for_tenant("acme")):
+        run = WorkflowExecution(workflow_id="wf", workflow_version="1")
+        await view.create_execution(run)
+        eid = run.execution_id
+        await view.append_event(Event(execution_id=eid, kind=WorkflowFailed(error="e")))
+        await view.append_events(eid, [{"type": "a"}, {"type": "b"}])
+        await view.write_snapshot(Snapshot(execution_id=eid, at_sequence=3, state={}))
+        await view.enqueue_work_item(WorkItem(execution_id=eid, node_id="n", queue_type="q"))
+        token, record = await view.create_token("ci", TokenRole.VIEWER)
+        assert uuid.UUID(token.split("_")[1]) == record.id
+        snapshot = await view.latest_snapshot(eid)
+        assert snapshot is not None
+        made += [eid, record.id, snapshot.id]
+        made += [e.id for e in await view.get_events(eid)]
+        made += [i.id for i in await view.list_work_items(eid)]
+
+    def stored_ids(session: Any) -> list[uuid.UUID]:
+        rows = (ExecutionRow, EventRow, SnapshotRow, WorkItemRow, ApiTokenRow)
+        return [i for row in rows for i in session.scalars(select(row.id))]
+
+    stored = await store.run(stored_ids, write=False)
+    assert sorted(map(str, stored)) == sorted(map(str, made)) and len(made) == 14
+    assert len(set(made)) == len(made)
+    not_random = [i for i in made if i.version != 4 or i.variant != uuid.RFC_4122]
+    assert not_random == []
+    # Decision 6 as it stands: another tenant's id is a conflict, not a second row.
+    with pytest.raises(ConflictError):
+        await store.for_tenant("acme").create_execution(
+            WorkflowExecution(execution_id=made[0], workflow_id="wf", workflow_version="1")
+        )
+
+
 # ---------------------------------------------------------------- static check
 
 REPOSITORIES = Path(statestore.__file__).parent / "repositories"
