@@ -310,7 +310,13 @@ class StateStore:
         tenant filter (advanced use: compose repository methods). ``write=True``: one
         transaction. ``write=False`` is for an ``op`` that only reads: it runs on a reader
         (SQLite) or without a transaction around it (PostgreSQL autocommit, each statement
-        its own snapshot), and may be run again once if its connection turned out dead."""
+        its own snapshot), and may be run again once if its connection turned out dead.
+
+        An operator tool, not tenant-confined for Core or ``text()`` SQL: on a scoped view
+        the tenant filter confines the repository operations, ORM SELECT, UPDATE and DELETE
+        statements on the mapped classes, and objects added to the session; ORM INSERT
+        statements, Core statements on tables and ``text()`` SQL reach every tenant's rows.
+        Never run code a tenant supplies."""
         return await (self._write(op) if write else self._read(op))
 
     # ------------------------------------------------------------------ workflows

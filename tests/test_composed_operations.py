@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Clock
+from conftest import T0, Clock
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.orm import Session
 
 from statestore import (
     StateStore,
     Tenant,
+    TenantError,
     TenantStatus,
     TokenRole,
     WorkflowDefinition,
@@ -28,6 +30,8 @@ from statestore import (
     WorkItem,
     WorkItemStatus,
 )
+from statestore.db.schema import ExecutionRow, WorkflowDefinitionRow
+from statestore.repositories.base import NO_SYNC
 
 
 @pytest.fixture
@@ -427,3 +431,52 @@ def test_api_docs_name_real_flat_methods() -> None:
     assert len(flat) > 30
     missing = [name for name in flat if not callable(getattr(StateStore, name, None))]
     assert missing == []
+
+
+# ---------------------------------------------------------------- what a scoped run confines
+
+
+async def test_run_on_a_scoped_view_confines_orm_statements_only(cstore: StateStore) -> None:
+    """Decided and documented (docs/api.md, ``StateStore.run``): ``run`` is an operator
+    tool. On a scoped view the tenant filter confines ORM statements and the repository
+    operations; Core statements on tables and ``text()`` SQL are not confined."""
+    await cstore.create_tenant(Tenant(id="acme", name="Acme"))
+    mine = WorkflowExecution(workflow_id="wf", workflow_version="1", tenant_id="acme")
+    theirs = WorkflowExecution(workflow_id="wf", workflow_version="1")
+    await cstore.create_execution(mine)
+    await cstore.create_execution(theirs)
+    acme = cstore.for_tenant("acme")
+
+    def op(session: Session) -> dict[str, Any]:
+        table = ExecutionRow.__table__  # Core: the table, not the mapped class
+        renamed = session.execute(
+            update(ExecutionRow).values(workflow_id="renamed"), execution_options=NO_SYNC
+        )
+        return {
+            "orm select": set(session.scalars(select(ExecutionRow.id))),
+            "orm update": renamed.rowcount,  # type: ignore[attr-defined]
+            "repository": [
+                e.execution_id for e in acme.executions.list(session, None, 10, 0, None)
+            ],
+            "core select": len(session.execute(select(table.c.id)).all()),
+            "text select": len(session.execute(text("SELECT id FROM workflow_executions")).all()),
+        }
+
+    seen = await acme.run(op)
+    assert seen["orm select"] == {mine.execution_id}
+    assert seen["orm update"] == 1
+    assert seen["repository"] == [mine.execution_id]
+    assert seen["core select"] == 2 and seen["text select"] == 2  # every tenant's rows
+    other = await cstore.get_execution(theirs.execution_id)
+    assert other is not None and other.workflow_id == "wf"
+
+    # Objects added to the session are checked at flush; INSERT statements are not.
+    def definition(**values: Any) -> dict[str, Any]:
+        return {"workflow_id": "w", "ir": {}, "created_at": T0, "tenant_id": "default", **values}
+
+    with pytest.raises(TenantError):
+        await acme.run(lambda s: s.add(WorkflowDefinitionRow(**definition(version="1"))))
+    await acme.run(
+        lambda s: s.execute(insert(WorkflowDefinitionRow).values(definition(version="2")))
+    )
+    assert [(d.tenant_id, d.version) for d in await cstore.list_workflows()] == [("default", "2")]
