@@ -6,37 +6,21 @@ runner (one call = one operation = one transaction) and awaits it.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
 
-from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
-from statestore.db import migrations
-from statestore.db.engine import (
-    DatabaseConfig,
-    Durability,
-    SqliteSettings,
-    create_sqlite_engine,
-    create_user_engine,
-    ensure_sqlite_folder,
-    parse_database_url,
-)
-from statestore.db.runner import PostgresRunner, Runner, SqliteRunner
+from statestore import procedures
+from statestore.db.backend import Backend, open_backend
+from statestore.db.engine import Durability, parse_database_url
+from statestore.db.runner import Call
 from statestore.db.tenancy import ALL_TENANTS, Scope
-from statestore.errors import (
-    ConfigurationError,
-    DatabaseError,
-    StateStoreError,
-    TenantError,
-    ValidationError,
-)
+from statestore.errors import ConfigurationError, TenantError
 from statestore.event_kinds import BaseEventKind
 from statestore.models import (
     ApiToken,
@@ -53,41 +37,28 @@ from statestore.models import (
     WorkItemStatus,
     utc_now,
 )
+from statestore.options import StoreOptions
 from statestore.repositories.auth import AuthRepository
 from statestore.repositories.base import StoreContext
 from statestore.repositories.events import EventRepository
 from statestore.repositories.executions import ExecutionRepository
-from statestore.repositories.queue import RECLAIM_BATCH, QueueRepository
+from statestore.repositories.queue import QueueRepository
 from statestore.repositories.snapshots import SnapshotRepository
 from statestore.repositories.tenants import TenantRepository
 from statestore.repositories.workflows import WorkflowRepository
-from statestore.validation import DEFAULT_MAX_JSON_BYTES, check_int, check_tenant_id
+from statestore.validation import DEFAULT_MAX_JSON_BYTES, check_tenant_id
 
 T = TypeVar("T")
 JsonValue = Any
-_log = logging.getLogger("statestore")
 
 
 class _Shared:
-    """What a store and all its tenant-scoped views share: one engine, one runner."""
+    """What a store and all its tenant-scoped views share."""
 
-    def __init__(
-        self,
-        config: DatabaseConfig,
-        engine: AsyncEngine,
-        runner: Runner,
-        clock: Callable[[], datetime],
-        lease_duration: timedelta,
-        max_json_bytes: int,
-    ) -> None:
-        self.config = config
-        self.engine = engine
-        self.runner = runner
-        self.clock = clock
-        self.lease_duration = lease_duration
-        self.max_json_bytes = max_json_bytes
-        self.schema_checked = False
-        self.closed = False
+    def __init__(self, backend: Backend, options: StoreOptions) -> None:
+        self.backend = backend
+        self.runner = backend.runner
+        self.options = options
 
 
 class StateStore:
@@ -104,11 +75,12 @@ class StateStore:
         """Internal: use :meth:`connect` or :meth:`open`."""
         self._shared = shared
         self._scope = scope
+        self._backend = shared.backend
         context = StoreContext(
             scope=scope,
-            clock=shared.clock,
-            max_json_bytes=shared.max_json_bytes,
-            lease_duration=shared.lease_duration,
+            clock=shared.options.clock,
+            max_json_bytes=shared.options.max_json_bytes,
+            lease_duration=shared.options.lease_duration,
         )
         self.workflows = WorkflowRepository(context)
         self.executions = ExecutionRepository(context)
@@ -143,36 +115,18 @@ class StateStore:
         ``readers`` reader threads. Other keyword arguments go to SQLAlchemy's
         ``create_async_engine``.
         """
+        options = StoreOptions(
+            clock or utc_now, lease_duration, max_json_bytes, durability, busy_timeout, readers
+        )
         config = parse_database_url(url)
         if cls._only_dialect is not None and config.dialect != cls._only_dialect:
             raise ConfigurationError(
                 f"{cls.__name__} accepts only {cls._only_dialect} URLs, got {config.dialect}"
             )
-        if not isinstance(lease_duration, timedelta) or lease_duration <= timedelta(0):
-            raise ConfigurationError("lease_duration must be a positive timedelta")
-        if durability not in ("NORMAL", "FULL"):
-            raise ConfigurationError('durability must be "NORMAL" or "FULL"')
-        try:
-            check_int("max_json_bytes", max_json_bytes, minimum=1)
-            check_int("readers", readers, minimum=1, maximum=64)
-        except ValueError as exc:
-            raise ConfigurationError(str(exc)) from None
-        if clock is not None and not callable(clock):
-            raise ConfigurationError("clock must be a callable returning an aware datetime")
-        settings = SqliteSettings(durability=durability, busy_timeout_ms=int(busy_timeout * 1000))
-
-        ensure_sqlite_folder(config)
-        engine = create_user_engine(config, settings, engine_options)
-        runner: Runner
-        if config.dialect == "sqlite":
-            writer = create_sqlite_engine(config, settings, begin="BEGIN IMMEDIATE", pool_size=1)
-            reader = None
-            if not config.is_memory:
-                reader = create_sqlite_engine(config, settings, begin="BEGIN", pool_size=readers)
-            runner = SqliteRunner(writer_engine=writer, reader_engine=reader, readers=readers)
-        else:
-            runner = PostgresRunner(engine)
-        shared = _Shared(config, engine, runner, clock or utc_now, lease_duration, max_json_bytes)
+        backend = open_backend(
+            config, options.sqlite, readers=readers, engine_options=engine_options
+        )
+        shared = _Shared(backend, options)
         return cls(shared, ALL_TENANTS)
 
     @classmethod
@@ -189,45 +143,29 @@ class StateStore:
     async def migrate(self, revision: str = "head") -> None:
         """Upgrade the database to this package's head revision (Alembic), or to
         ``revision``. Idempotent and safe to call from several processes at once."""
-        self._check_open()
-        await self._shared.runner.with_connection(
-            lambda connection: migrations.upgrade(connection, revision)
-        )
-        self._shared.schema_checked = revision == "head"
+        await self._backend.migrate(revision)
 
     async def downgrade(self, revision: str) -> None:
         """Downgrade the database to ``revision`` (``"base"`` removes every table)."""
-        self._check_open()
-        self._shared.schema_checked = False
-        await self._shared.runner.with_connection(
-            lambda connection: migrations.downgrade(connection, revision)
-        )
+        await self._backend.downgrade(revision)
 
     async def current_revision(self) -> str | None:
         """The database's schema revision (``None`` for an empty database)."""
-        self._check_open()
-        return await self._shared.runner.with_connection(migrations.current_revision)
+        return await self._backend.current_revision()
 
     @staticmethod
     def head_revision() -> str:
         """The schema revision this package needs."""
-        return migrations.head_revision()
+        return Backend.head_revision()
 
     async def schema_drift(self) -> list[str]:
         """Differences between the database schema and this package's models (empty: none)."""
-        self._check_open()
-        drift = await self._shared.runner.with_connection(migrations.schema_drift)
-        return [str(entry) for entry in drift]
+        return await self._backend.schema_drift()
 
     async def close(self) -> None:
         """Stop the store's threads and dispose of the engine. Idempotent; closes every
         view sharing this store."""
-        shared = self._shared
-        if shared.closed:
-            return
-        shared.closed = True
-        await shared.runner.close()
-        await shared.engine.dispose()
+        await self._backend.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -243,17 +181,17 @@ class StateStore:
     @property
     def engine(self) -> AsyncEngine:
         """The SQLAlchemy ``AsyncEngine`` (aiosqlite / asyncpg), for your own queries."""
-        return self._shared.engine
+        return self._backend.engine
 
     @property
     def url(self) -> str:
         """The database URL (password hidden)."""
-        return self._shared.config.redacted()
+        return self._backend.config.redacted()
 
     @property
     def dialect(self) -> str:
         """``"sqlite"`` or ``"postgresql"``."""
-        return self._shared.config.dialect
+        return self._backend.config.dialect
 
     @property
     def tenant_id(self) -> str | None:
@@ -276,34 +214,11 @@ class StateStore:
 
     # ------------------------------------------------------------------ running operations
 
-    def _check_open(self) -> None:
-        if self._shared.closed:
-            raise DatabaseError("the store is closed")
+    async def _write(self, method: Callable[..., T], *args: Any) -> T:
+        return await self._backend.write(Call(method, args), self._scope)
 
-    async def _ensure_schema(self) -> None:
-        if self._shared.schema_checked:
-            return
-
-        def check(connection: Connection) -> None:
-            with connection.begin():
-                migrations.require_head(connection)
-
-        await self._shared.runner.with_connection(check)
-        self._shared.schema_checked = True
-
-    async def _write(self, op: Callable[..., T], *args: Any, single_statement: bool = False) -> T:
-        """Run ``op(session, *args)`` as a write; ``single_statement``: it changes the database
-        in at most one statement (see :meth:`Runner.write`)."""
-        self._check_open()
-        await self._ensure_schema()
-        return await self._shared.runner.write(
-            lambda s: op(s, *args), self._scope, single_statement=single_statement
-        )
-
-    async def _read(self, op: Callable[..., T], *args: Any) -> T:
-        self._check_open()
-        await self._ensure_schema()
-        return await self._shared.runner.read(lambda s: op(s, *args), self._scope)
+    async def _read(self, method: Callable[..., T], *args: Any) -> T:
+        return await self._backend.read(Call(method, args), self._scope)
 
     async def run(self, op: Callable[[Session], T], *, write: bool = True) -> T:
         """Run your own sync ``op(session)`` through the store's runner, with this view's
@@ -317,7 +232,8 @@ class StateStore:
         statements on the mapped classes, and objects added to the session; ORM INSERT
         statements, Core statements on tables and ``text()`` SQL reach every tenant's rows.
         Never run code a tenant supplies."""
-        return await (self._write(op) if write else self._read(op))
+        backend = self._backend
+        return await (backend.write if write else backend.read)(op, self._scope)
 
     # ------------------------------------------------------------------ workflows
 
@@ -384,9 +300,7 @@ class StateStore:
 
     async def append_event(self, event: Event, *, expected_sequence: int | None = None) -> int:
         """Append an event; returns its store-assigned sequence (1, 2, 3 … gapless)."""
-        return await self._write(
-            self.events.append, event, expected_sequence, single_statement=True
-        )
+        return await self._write(self.events.append, event, expected_sequence)
 
     async def append_events(
         self,
@@ -414,15 +328,10 @@ class StateStore:
         """Stream the events with sequence greater than ``since``, ascending, reading ``batch``
         (1..10000) at a time by sequence, so memory stays flat however long the history.
         Events appended while iterating are included."""
-        check_int("batch", batch, minimum=1, maximum=10_000)
-        cursor = since
-        while True:
-            page = await self.get_events_since(execution_id, cursor, limit=batch)
-            for event in page:
-                yield event
-            if len(page) < batch:
-                return
-            cursor = page[-1].sequence
+        async for event in procedures.iter_events(
+            self._backend, self._scope, self.events, execution_id, since, batch
+        ):
+            yield event
 
     async def latest_sequence(self, execution_id: uuid.UUID | str) -> int:
         """The latest sequence of an execution (0 if none or unknown)."""
@@ -442,32 +351,26 @@ class StateStore:
 
     async def enqueue_work_item(self, item: WorkItem) -> uuid.UUID:
         """Add a work item (pending; delayed until ``available_at`` if set); returns its id."""
-        return await self._write(self.queue.enqueue, item, single_statement=True)
+        return await self._write(self.queue.enqueue, item)
 
     async def claim_work_item(self, worker_id: str, queue_types: Sequence[str]) -> WorkItem | None:
         """Atomically lease the next due pending item of these queue types (highest
         priority, then oldest), or ``None``. Never hands one item to two workers."""
-        items = await self._write(
-            self.queue.claim, worker_id, queue_types, 1, single_statement=True
-        )
+        items = await self._write(self.queue.claim, worker_id, queue_types, 1)
         return items[0] if items else None
 
     async def claim_work_items(
         self, worker_id: str, queue_types: Sequence[str], limit: int
     ) -> list[WorkItem]:
         """Lease up to ``limit`` (1..1000) items in one transaction, in claim order."""
-        return await self._write(
-            self.queue.claim, worker_id, queue_types, limit, single_statement=True
-        )
+        return await self._write(self.queue.claim, worker_id, queue_types, limit)
 
     async def renew_lease(
         self, item_id: uuid.UUID | str, worker_id: str, *, lease_fence: int | None = None
     ) -> datetime:
         """Extend an unexpired lease held by ``worker_id``; returns the new expiry.
         Otherwise ``LeaseLostError``: stop working on the item."""
-        return await self._write(
-            self.queue.renew, item_id, worker_id, lease_fence, single_statement=True
-        )
+        return await self._write(self.queue.renew, item_id, worker_id, lease_fence)
 
     async def get_work_item(self, item_id: uuid.UUID | str) -> WorkItem | None:
         """A work item, or ``None``."""
@@ -485,9 +388,7 @@ class StateStore:
         lease_fence: int | None = None,
     ) -> None:
         """Mark a claimed item completed (guarded by worker and fence); a repeat is a no-op."""
-        await self._write(
-            self.queue.complete, item_id, worker_id, lease_fence, single_statement=True
-        )
+        await self._write(self.queue.complete, item_id, worker_id, lease_fence)
 
     async def complete_work_items(self, items: Sequence[WorkItem]) -> list[bool]:
         """Complete many claimed items in one transaction, each guarded by its own worker
@@ -510,27 +411,13 @@ class StateStore:
     async def reclaim_expired_leases(self) -> ReclaimResult:
         """Return every expired lease to the queue (with backoff) or to the dead-letter
         queue once its attempts are used up. Safe to run from many processes at once."""
-        result = ReclaimResult()
-        while True:
-            retryable, exhausted = await self._write(self.queue.reclaim_batch, RECLAIM_BATCH)
-            result.retryable += retryable
-            result.exhausted += exhausted
-            if len(retryable) + len(exhausted) < RECLAIM_BATCH:
-                return result
+        return await procedures.reclaim_expired_leases(self._backend, self._scope, self.queue)
 
     async def run_reclaimer(self, every: float | timedelta = 5.0) -> None:
         """Call :meth:`reclaim_expired_leases` every ``every`` seconds until cancelled.
         Run it beside your workers: ``asyncio.create_task(store.run_reclaimer())``.
         A failing round is logged and retried on the next tick."""
-        interval = every.total_seconds() if isinstance(every, timedelta) else float(every)
-        if not interval > 0:
-            raise ValidationError("every must be a positive number of seconds")
-        while True:
-            try:
-                await self.reclaim_expired_leases()
-            except StateStoreError:
-                _log.exception("reclaim_expired_leases failed; retrying in %.1f s", interval)
-            await asyncio.sleep(interval)
+        await procedures.run_reclaimer(self._backend, self._scope, self.queue, every)
 
     async def move_to_dead_letter(self, item_id: uuid.UUID | str, last_error: str) -> None:
         """Move an item to the dead-letter queue."""
@@ -561,14 +448,7 @@ class StateStore:
         """The token's record, or ``None`` for unknown, malformed, revoked or expired tokens
         and tokens of a suspended or archived tenant. Never raises for any input; records
         ``last_used_at`` at most once a minute."""
-        found = await self._read(self.tokens.check, token)
-        if found.token is None:
-            return None
-        if found.touch or found.new_hash is not None:
-            found.token.last_used_at = await self._write(
-                self.tokens.record_use, found.token.id, found.new_hash, single_statement=True
-            )
-        return found.token
+        return await procedures.validate_token(self._backend, self._scope, self.tokens, token)
 
     async def revoke_token(self, token_id: uuid.UUID | str) -> None:
         """Revoke a token; it stops validating at once."""

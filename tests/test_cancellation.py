@@ -25,7 +25,7 @@ from statestore import (
     StateStore,
     WorkflowExecution,
 )
-from statestore.db.runner import PostgresRunner
+from statestore.db.postgres_runner import PostgresRunner
 
 # From "before the first statement" (0) through "between statements" to "during COMMIT":
 # a multi-statement write takes roughly 1-5 ms here, so these delays land everywhere in it.

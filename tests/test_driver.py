@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from statestore import Event, StateStore, WorkflowDefinition, WorkflowExecution
 from statestore.db import queries
 from statestore.db.driver import DriverStatement, RawValue
-from statestore.db.runner import SqliteRunner
+from statestore.db.sqlite_runner import SqliteRunner
 from statestore.db.types import UTCDateTime, json_type
 from statestore.event_kinds import NodeCompleted
 
@@ -112,7 +112,7 @@ async def test_cursor_listeners_see_hot_path_statements_with_a_context(
     engines = [store.engine.sync_engine]
     runner = store._shared.runner
     if isinstance(runner, SqliteRunner):
-        engines = [runner.writer_engine, *([runner.reader_engine] if runner.reader_engine else [])]
+        engines = [runner.writer.engine, *([runner.readers.engine] if runner.readers else [])]
     seen: list[str] = []
 
     def before(_c: Any, _cur: Any, statement: str, params: Any, context: Any, _m: bool) -> Any:

@@ -29,13 +29,13 @@ from statestore import (
     WorkflowExecution,
     WorkItem,
 )
-from statestore.db.runner import SqliteRunner
+from statestore.db.sqlite_runner import SqliteRunner
 
 
 def write_engine(store: StateStore) -> Engine:
     runner = store._shared.runner
     if isinstance(runner, SqliteRunner):
-        return runner.writer_engine
+        return runner.writer.engine
     return store.engine.sync_engine
 
 
@@ -252,13 +252,13 @@ async def test_writes_do_share_a_group_commit_on_sqlite(make_store: Any) -> None
     runner = store._shared.runner
     assert isinstance(runner, SqliteRunner)
     await store.create_execution(WorkflowExecution(workflow_id="wf", workflow_version="1"))
-    before = (runner.transactions, runner.operations)
+    before = (runner.writer.transactions, runner.writer.operations)
     await asyncio.gather(
         *(
             store.create_execution(WorkflowExecution(workflow_id="wf", workflow_version="1"))
             for _ in range(8)
         )
     )
-    transactions = runner.transactions - before[0]
-    assert runner.operations - before[1] == 8
+    transactions = runner.writer.transactions - before[0]
+    assert runner.writer.operations - before[1] == 8
     assert transactions < 8, "no two writes shared a transaction"

@@ -23,7 +23,7 @@ from statestore import (
     StateStoreError,
     WorkflowExecution,
 )
-from statestore.db.runner import SqliteRunner
+from statestore.db.sqlite_runner import SqliteRunner
 
 WORKER = Path(__file__).with_name("group_commit_worker.py")
 
@@ -93,11 +93,11 @@ async def test_concurrent_mixed_writes_match_a_one_at_a_time_run(tmp_path: Path)
         ids = await make_executions(grouped)
         runner = grouped._shared.runner
         assert isinstance(runner, SqliteRunner)
-        before_tx, before_ops = runner.transactions, runner.operations
+        before_tx, before_ops = runner.writer.transactions, runner.writer.operations
         grouped_outcomes = await scenario(grouped, ids, concurrent=True)
         grouped_state = await snapshot(grouped, ids)
-        transactions = runner.transactions - before_tx
-        operations = runner.operations - before_ops
+        transactions = runner.writer.transactions - before_tx
+        operations = runner.writer.operations - before_ops
 
     assert grouped_outcomes == serial_outcomes  # every caller got the same answer…
     assert grouped_state == serial_state  # …and the databases agree exactly

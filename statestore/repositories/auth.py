@@ -25,6 +25,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from statestore.db import queries
+from statestore.db.runner import single_statement
 from statestore.db.schema import ApiTokenRow
 from statestore.errors import NotFoundError
 from statestore.models import ApiToken, TenantStatus, TokenRole
@@ -147,6 +148,7 @@ class AuthRepository(Repository):
         stale = row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION
         return Validation(token_from_row(row), new_hash=new_hash, touch=stale)
 
+    @single_statement
     def record_use(self, session: Session, token_id: uuid.UUID, new_hash: str | None) -> datetime:
         """Write ``last_used_at`` (and a re-hashed secret when the policy changed)."""
         now = self.context.now()

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from statestore.db import queries
 from statestore.db.driver import RawValue
+from statestore.db.runner import single_statement
 from statestore.errors import (
     NotFoundError,
     SequenceConflictError,
@@ -45,6 +46,7 @@ def event_from_row(row: Any, execution_id: uuid.UUID) -> Event:
 class EventRepository(Repository):
     """Appends and reads of execution event logs."""
 
+    @single_statement
     def append(self, session: Session, event: Event, expected_sequence: int | None) -> int:
         event = coerce_model("event", Event, event)
         event_type, kind = self._kind_json(event.kind)

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from statestore.db import queries
 from statestore.db.driver import RawValue
+from statestore.db.runner import single_statement
 from statestore.db.schema import ExecutionRow, WorkItemRow
 from statestore.errors import (
     ConflictError,
@@ -93,6 +94,7 @@ class QueueRepository(Repository):
 
     # ------------------------------------------------------------------ enqueue and read
 
+    @single_statement
     def enqueue(self, session: Session, item: WorkItem) -> uuid.UUID:
         """Add a pending work item; returns its id. Refused, with nothing written:
         NotFoundError (execution missing in this scope), InvalidTransitionError (execution
@@ -154,6 +156,7 @@ class QueueRepository(Repository):
 
     # ------------------------------------------------------------------ claim and renew
 
+    @single_statement
     def claim(
         self, session: Session, worker_id: str, queue_types: Sequence[str], limit: int
     ) -> list[WorkItem]:
@@ -167,6 +170,7 @@ class QueueRepository(Repository):
         rows = queries.claim_items(session, worker_id, types, limit, now, expires)
         return [item_from_row(row) for row in sorted(rows, key=_claim_order)]
 
+    @single_statement
     def renew(
         self,
         session: Session,
@@ -188,6 +192,7 @@ class QueueRepository(Repository):
 
     # ------------------------------------------------------------------ settle
 
+    @single_statement
     def complete(
         self,
         session: Session,

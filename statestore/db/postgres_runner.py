@@ -1,0 +1,244 @@
+"""The PostgreSQL runner: operations as ``AsyncConnection.run_sync`` over asyncpg."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Pool, QueuePool
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from statestore.db.errors import sqlstate, translate
+from statestore.db.runner import (
+    Operation,
+    Runner,
+    bind_loop,
+    is_single_statement,
+    run_in_session,
+)
+from statestore.db.tenancy import Scope
+from statestore.errors import DatabaseError
+
+T = TypeVar("T")
+
+
+class PostgresRunner(Runner):
+    """Operations as ``AsyncConnection.run_sync`` over asyncpg.
+
+    Reads and single-statement writes run on an ``AUTOCOMMIT`` connection: no BEGIN and
+    COMMIT round trips around a statement that is atomic on its own (under READ COMMITTED
+    each statement of a transaction takes a fresh snapshot anyway, so reads lose nothing).
+    Other writes run in a READ COMMITTED transaction, begun and committed inside the same
+    ``run_sync`` as the operation. A read that fails because its connection turned out to
+    be dead (a server restart) is retried once on a new one.
+
+    Cancellation never reaches a connection mid-statement: each call runs as its own task,
+    and a cancelled caller stops waiting for it while the task finishes (commits or rolls
+    back) and hands its connection back in a known state. Interrupting asyncpg between a
+    request and its reply would leave the connection inside a transaction that the next
+    call would silently join (asyncpg turns its BEGIN into a SAVEPOINT), so that call's
+    "committed" write would never commit. A connection that saw a driver error, or whose
+    own task was cancelled (the store closing, the event loop shutting down), is terminated
+    and dropped from the pool, never reused.
+
+    The runner keeps the connections it used checked out of the engine's pool, up to the
+    pool's size: taking a connection from the pool and giving it back costs several greenlet
+    switches and pool events per call, more than a small statement. A kept connection
+    switches between AUTOCOMMIT and READ COMMITTED as calls need (no round trip). Closing
+    the runner waits for the calls still running, then returns the kept connections.
+    """
+
+    close_timeout: float = 10.0
+    """Seconds :meth:`close` waits for calls still running before it cancels them."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        pool = engine.sync_engine.pool
+        self._pool = pool if isinstance(pool, QueuePool) else None
+        self._capacity, self._keep_idle = _pool_limits(pool)
+        self._idle: list[tuple[AsyncConnection, bool]] = []  # (connection, autocommit)
+        self._running: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    async def write(self, op: Operation[T], scope: Scope) -> T:
+        return await self._shielded(op, scope, autocommit=is_single_statement(op))
+
+    async def read(self, op: Operation[T], scope: Scope) -> T:
+        try:
+            return await self._shielded(op, scope, autocommit=True)
+        except DatabaseError as exc:
+            if not _lost_connection(exc):
+                raise
+        return await self._shielded(op, scope, autocommit=True)  # on a new connection
+
+    async def _shielded(self, op: Operation[T], scope: Scope, *, autocommit: bool) -> T:
+        if self._closed:
+            raise DatabaseError("the store is closed")
+        self._loop = bind_loop(self._loop)
+        task = asyncio.ensure_future(self._on_connection(op, scope, autocommit))
+        self._running.add(task)
+        task.add_done_callback(_forget(self._running))
+        # shield: cancelling the caller must not interrupt the task on its connection.
+        return await asyncio.shield(task)
+
+    async def _on_connection(self, op: Operation[T], scope: Scope, autocommit: bool) -> T:
+        try:
+            connection = await self._acquire(autocommit)
+            try:
+                result = await connection.run_sync(_transaction, op, scope, autocommit)
+            except BaseException as exc:
+                if connection.invalidated:
+                    # The server dropped it: every kept connection is at least as old.
+                    await self._drop_idle()
+                if isinstance(exc, Exception) and not _driver_failed(exc):
+                    await self._release(connection, autocommit)
+                else:  # a driver error or a cancellation: its state is unknown
+                    _terminate(connection)
+                raise
+            await self._release(connection, autocommit)
+            return result
+        except Exception as exc:
+            error = translate(exc)
+            if error is exc:
+                raise  # already the store's own error, with its own cause
+            raise error from exc
+
+    async def _acquire(self, autocommit: bool) -> AsyncConnection:
+        while self._idle:
+            connection, mode = self._idle.pop()
+            if connection.closed or connection.invalidated:
+                await connection.close()
+                continue
+            if mode != autocommit:
+                await connection.execution_options(isolation_level=_isolation(autocommit))
+            return connection
+        connection = await self._engine.connect()
+        if autocommit:
+            await connection.execution_options(isolation_level=_isolation(autocommit))
+        return connection
+
+    async def _release(self, connection: AsyncConnection, autocommit: bool) -> None:
+        """Keep a clean connection for the next call, unless that could make anyone else
+        wait for the pool: the kept ones stay below the pool's size and always leave one
+        slot free, and at capacity the connection goes back to the pool."""
+        keep = (
+            not self._closed
+            and not connection.invalidated
+            and not connection.in_transaction()
+            and len(self._idle) < self._keep_idle
+            and self._pool is not None
+            and self._pool.checkedout() < self._capacity
+        )
+        if keep:
+            self._idle.append((connection, autocommit))
+        else:
+            await connection.close()
+
+    async def _drop_idle(self) -> None:
+        while self._idle:
+            connection, _mode = self._idle.pop()
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    async def with_connection(self, fn: Callable[[Connection], T]) -> T:
+        if self._closed:
+            raise DatabaseError("the store is closed")
+        self._loop = bind_loop(self._loop)
+        try:
+            async with self._engine.connect() as conn:
+                return await conn.run_sync(fn)
+        except Exception as exc:
+            error = translate(exc)
+            if error is exc:
+                raise  # already the store's own error, with its own cause
+            raise error from exc
+
+    async def close(self) -> None:
+        """Wait for the calls still running (at most :attr:`close_timeout` seconds, then
+        cancel them), and return the kept connections to the pool (the store then disposes
+        the engine)."""
+        self._closed = True
+        if self._running:
+            _done, late = await asyncio.wait(set(self._running), timeout=self.close_timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+        await self._drop_idle()
+
+
+def _transaction(connection: Connection, op: Operation[T], scope: Scope, autocommit: bool) -> T:
+    """Inside ``run_sync``: ``op`` in autocommit, or in one READ COMMITTED transaction."""
+    if autocommit:
+        result = run_in_session(connection, op, scope)
+        if connection.in_transaction():  # SQLAlchemy's autobegin: nothing to send
+            connection.commit()
+        return result
+    with connection.begin():
+        return run_in_session(connection, op, scope)
+
+
+def _terminate(connection: AsyncConnection) -> None:
+    """Close the driver connection at once and drop it from the pool. Synchronous on
+    purpose: outside a greenlet SQLAlchemy terminates the asyncpg connection without
+    awaiting, so a second cancellation cannot stop this half-way."""
+    sync = connection.sync_connection
+    if sync is None or sync.invalidated or sync.closed:
+        return
+    with contextlib.suppress(Exception):
+        sync.invalidate()
+    with contextlib.suppress(Exception):
+        sync.close()
+
+
+def _driver_failed(exc: BaseException) -> bool:
+    """Whether the driver failed on the way to ``exc`` without the server reporting why: a
+    lost connection, an interrupted request, a client-side protocol error. Then the
+    connection's transaction state is not known for sure. An error the server reported
+    (it carries a SQLSTATE: a duplicate key, a refused value) leaves the connection in a
+    known state once the transaction is rolled back, and so does an error the operation
+    raised itself (a refused transition, a validation error)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, sa_exc.DBAPIError) and sqlstate(current) is None:
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _forget(running: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        running.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a cancelled caller's failure is not "never retrieved"
+
+    return done
+
+
+def _pool_limits(pool: Pool) -> tuple[float, int]:
+    """(how many connections the pool lends at most, how many the runner may keep): below
+    the pool's size and at least one short of its capacity, so that ``store.engine``,
+    migrations and a pool without overflow always find a connection."""
+    if not isinstance(pool, QueuePool):
+        return 0, 0  # NullPool, StaticPool …: nothing to keep
+    overflow = getattr(pool, "_max_overflow", 0)
+    capacity = math.inf if overflow < 0 else pool.size() + overflow
+    return capacity, max(0, min(pool.size(), int(min(capacity, 2**31)) - 1))
+
+
+def _isolation(autocommit: bool) -> str:
+    return "AUTOCOMMIT" if autocommit else "READ COMMITTED"
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    """Whether SQLAlchemy found the connection dead (and invalidated it) on the way to
+    ``exc``."""
+    cause = exc.__cause__
+    return isinstance(cause, sa_exc.DBAPIError) and cause.connection_invalidated
