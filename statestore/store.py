@@ -350,7 +350,10 @@ class StateStore:
     # ------------------------------------------------------------------ queue
 
     async def enqueue_work_item(self, item: WorkItem) -> uuid.UUID:
-        """Add a work item (pending; delayed until ``available_at`` if set); returns its id."""
+        """Add a work item (pending; delayed until ``available_at`` if set); returns its id.
+        Unknown execution (or another tenant's): ``NotFoundError``; a finished execution:
+        ``InvalidTransitionError``; a suspended or archived tenant: ``TenantSuspendedError``;
+        a duplicate id: ``ConflictError``."""
         return await self._write(self.queue.enqueue, item)
 
     async def claim_work_item(self, worker_id: str, queue_types: Sequence[str]) -> WorkItem | None:

@@ -220,3 +220,33 @@ async def test_postgres_kept_connections_never_starve_the_pool(pg_database: str)
         assert await store.current_revision() == StateStore.head_revision()
         async with store.engine.connect() as connection:
             assert (await connection.execute(text("SELECT 1"))).scalar() == 1
+
+
+async def test_postgres_kept_connections_honour_pool_recycle(pg_database: str) -> None:
+    """A kept connection older than ``pool_recycle`` is not reused: the pool replaces it."""
+    backend_pid = lambda s: s.execute(text("SELECT pg_backend_pid()")).scalar()  # noqa: E731
+    async with await StateStore.open(pg_database, pool_recycle=1) as store:
+        first = await store.run(backend_pid, write=False)
+        assert await store.run(backend_pid, write=False) == first  # kept and reused
+        await asyncio.sleep(1.3)
+        assert await store.run(backend_pid, write=False) != first  # recycled
+
+
+async def test_postgres_pool_pre_ping_keeps_nothing_and_survives_dead_connections(
+    pg_database: str,
+) -> None:
+    """With ``pool_pre_ping`` every call checks out from the pool (and is pinged), so a
+    write after the server dropped every connection succeeds at once."""
+    async with await StateStore.open(pg_database, pool_pre_ping=True) as store:
+        await store.create_tenant(Tenant(id="before", name="t"))
+        assert store.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        admin = await asyncpg.connect(pg_database)
+        try:
+            await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        await store.create_tenant(Tenant(id="after", name="t"))
+        assert {t.id for t in await store.list_tenants()} >= {"before", "after"}
