@@ -1,10 +1,14 @@
 """The demo: a realistic durable-workflow run against the store (``statestore demo``).
 
 A tenant and a token are created, a workflow is registered, and a few hundred executions
-start. Each execution is a chain of nodes; each node is a work item. Several concurrent async
-workers claim items, heartbeat, append node events and state patches, write snapshots and
-complete. One worker is killed mid-lease: its item comes back through reclaim. A poison item,
-whose worker dies every time it takes it, ends in the dead-letter queue.
+start, each with one ``start_execution`` (the execution, its first events and its first work
+item in one transaction, idempotent by key). Each execution is a chain of nodes; each node is
+a work item and one step: a worker claims it, works under a ``heartbeat`` that keeps the
+lease, and records the step with ONE ``commit_turn`` (settle the item, append the node's
+events, patch the state, enqueue the next node, and for the last node complete the execution
+with a materialized snapshot). One worker is killed mid-lease: its item comes back through
+reclaim and its step runs again, recorded once. A poison item, whose worker dies every time
+it takes it, ends in the dead-letter queue.
 """
 
 from __future__ import annotations
@@ -27,8 +31,6 @@ from statestore.event_kinds import (
     WorkflowStarted,
 )
 from statestore.models import (
-    Event,
-    Snapshot,
     Tenant,
     WorkflowDefinition,
     WorkflowExecution,
@@ -67,7 +69,8 @@ class DemoResult:
 
     @property
     def throughput(self) -> float:
-        """Work items completed per second while executions were running."""
+        """Steps (work items, one ``commit_turn`` each) per second while executions were
+        running."""
         elapsed = self.work_seconds or self.seconds
         return self.items_completed / elapsed if elapsed else 0.0
 
@@ -103,25 +106,27 @@ async def run_demo(
     await tenant_store.store_workflow(workflow)
     result = DemoResult(tenant_id=tenant_id, workflow_id=workflow.workflow_id)
 
-    for _ in range(executions):
+    for number in range(executions):
         execution = WorkflowExecution(
             workflow_id=workflow.workflow_id,
             workflow_version=workflow.version,
+            status=WorkflowStatus.RUNNING,
             initial_input={"document": uuid.uuid4().hex},
         )
-        await tenant_store.create_execution(execution)
-        await tenant_store.append_event(
-            Event(
-                execution_id=execution.execution_id,
-                kind=WorkflowStarted(
+        first = _node_item(execution.execution_id, 0)
+        await tenant_store.start_execution(
+            execution,
+            events=[
+                WorkflowStarted(
                     workflow_id=workflow.workflow_id,
                     workflow_version=workflow.version,
                     initial_input=execution.initial_input,
                 ),
-            )
+                NodeScheduled(node_id=first.node_id, queue_type=QUEUE),
+            ],
+            enqueue=[first],
+            idempotency_key=f"{tenant_id}:{number}",
         )
-        await tenant_store.update_execution_status(execution.execution_id, WorkflowStatus.RUNNING)
-        await _schedule(tenant_store, execution.execution_id, 0)
         result.execution_ids.append(str(execution.execution_id))
     result.executions_started = executions
 
@@ -203,13 +208,9 @@ class _RunState:
             self.done.set()
 
 
-async def _schedule(store: StateStore, execution_id: uuid.UUID, index: int) -> None:
-    node = NODES[index]
-    await store.append_event(
-        Event(execution_id=execution_id, kind=NodeScheduled(node_id=node, queue_type=QUEUE))
-    )
-    await store.enqueue_work_item(
-        WorkItem(execution_id=execution_id, node_id=node, queue_type=QUEUE, payload={"step": index})
+def _node_item(execution_id: uuid.UUID, index: int) -> WorkItem:
+    return WorkItem(
+        execution_id=execution_id, node_id=NODES[index], queue_type=QUEUE, payload={"step": index}
     )
 
 
@@ -236,44 +237,49 @@ async def _worker(
 
 
 async def _run_node(store: StateStore, worker: str, item: WorkItem, state: _RunState) -> None:
+    """One step: the work under a heartbeat, then one commit_turn that records all of it."""
     eid = item.execution_id
     if item.attempt > 1:
         state.retries += 1
-    try:
-        await store.renew_lease(item.id, worker, lease_fence=item.lease_fence)  # heartbeat
-    except LeaseLostError:
-        return  # someone else owns it now: stop working on it
-    await store.append_events(
-        eid,
-        [
-            NodeStarted(node_id=item.node_id, worker_id=worker, attempt=item.attempt),
-            NodeCompleted(
-                node_id=item.node_id,
-                output={"ok": True, "attempt": item.attempt},
-                state_patch={item.node_id: "done"},
-                duration_ms=1,
-            ),
-        ],
-    )
-    await store.patch_append_array(eid, "completed_nodes", item.node_id)
-    try:
-        await store.complete_work_item(item.id, worker_id=worker, lease_fence=item.lease_fence)
-    except LeaseLostError:
-        return
-    state.items_completed += 1
     index = NODES.index(item.node_id)
-    if index + 1 < len(NODES):
-        await _schedule(store, eid, index + 1)
-        return
-    execution = await store.get_execution(eid)
-    final = execution.current_state if execution else {}
-    latest = await store.latest_sequence(eid)
-    await store.write_snapshot(Snapshot(execution_id=eid, at_sequence=latest, state=final))
-    await store.append_event(Event(execution_id=eid, kind=WorkflowCompleted(final_state=final)))
-    await store.update_execution_status(
-        eid, WorkflowStatus.COMPLETED, expected=WorkflowStatus.RUNNING
-    )
-    state.execution_done()
+    last = index + 1 == len(NODES)
+    output = {"ok": True, "attempt": item.attempt}
+    events = [
+        NodeStarted(node_id=item.node_id, worker_id=worker, attempt=item.attempt),
+        NodeCompleted(
+            node_id=item.node_id,
+            output=output,
+            state_patch={item.node_id: "done"},
+            duration_ms=1,
+        ),
+    ]
+    try:
+        async with store.heartbeat(item, worker_id=worker):
+            await asyncio.sleep(0)  # the node's work would run here
+        if last:
+            execution = await store.get_execution(eid)
+            current = execution.current_state if execution else None
+            final = {**(current if isinstance(current, dict) else {}), item.node_id: "done"}
+            events.append(WorkflowCompleted(final_state=final))
+        else:
+            events.append(NodeScheduled(node_id=NODES[index + 1], queue_type=QUEUE))
+        await store.commit_turn(
+            item.id,
+            worker_id=worker,
+            lease_fence=item.lease_fence,
+            events=events,
+            state_patch={item.node_id: "done"},
+            enqueue=[] if last else [_node_item(eid, index + 1)],
+            status=WorkflowStatus.COMPLETED if last else None,
+            snapshot=last,
+            effect_key=f"{eid}:{item.node_id}",
+            effect=output,
+        )
+    except LeaseLostError:
+        return  # someone else owns it now: its turn records the step
+    state.items_completed += 1
+    if last:
+        state.execution_done()
 
 
 async def _reclaim_loop(store: StateStore, state: _RunState) -> None:

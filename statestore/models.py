@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     JsonValue,
     ValidationInfo,
+    model_validator,
 )
 
 from statestore.event_kinds import EventKind
@@ -138,14 +139,40 @@ class Event(_Model):
 
 
 class Snapshot(_Model):
-    """Materialised state of an execution covering events ``1..at_sequence``."""
+    """Materialised state of an execution covering events ``1..at_sequence``: a resume
+    point (see :class:`MaterializedState`)."""
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4)
     execution_id: uuid.UUID
     at_sequence: int
     state: JsonValue
+    status: WorkflowStatus = WorkflowStatus.PENDING
+    completed_nodes: dict[str, JsonValue] = Field(default_factory=dict)
+    """Node id → its output, for every node completed by ``at_sequence``."""
+    active_nodes: list[str] = Field(default_factory=list)
+    """Nodes scheduled or started and not yet finished, in the order they became active."""
+    last_sequence: int = -1
+    """The last event sequence folded in; defaults to ``at_sequence``."""
     created_at: UtcDatetime = Field(default_factory=utc_now)
     tenant_id: str = "default"
+
+    @model_validator(mode="after")
+    def _last_sequence_defaults_to_at_sequence(self) -> Snapshot:
+        if "last_sequence" not in self.model_fields_set:
+            # Set through __dict__: assignment would re-run this validator.
+            self.__dict__["last_sequence"] = self.at_sequence
+        return self
+
+
+class MaterializedState(_Model):
+    """An execution's history folded (``StateStore.materialize``): the state, the status
+    and the nodes' progress after ``last_sequence``."""
+
+    current_state: JsonValue
+    status: WorkflowStatus
+    completed_nodes: dict[str, JsonValue]
+    active_nodes: list[str]
+    last_sequence: int
 
 
 class WorkItem(_Model):
@@ -167,6 +194,20 @@ class WorkItem(_Model):
     last_error: str | None = None
     created_at: UtcDatetime = Field(default_factory=utc_now)
     tenant_id: str = "default"
+    dedupe_key: str | None = None
+    """While an item with the same tenant, queue type and key is pending or claimed,
+    enqueueing another returns that item's id and writes nothing."""
+
+
+class TurnResult(_Model):
+    """What ``commit_turn`` wrote: the events' sequences, the item's new status, the ids of
+    the items enqueued (an existing item's id where a dedupe key matched), and the sequence
+    the snapshot was taken at (``None`` without one)."""
+
+    sequences: list[int]
+    item_status: WorkItemStatus
+    enqueued: list[uuid.UUID]
+    snapshot_at: int | None
 
 
 class ReclaimResult(_Model):

@@ -4,20 +4,23 @@ through the backend, so the facade stays a list of delegations."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from datetime import timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
 from statestore.db.backend import Backend
 from statestore.db.runner import Call
 from statestore.db.tenancy import Scope
-from statestore.errors import StateStoreError, ValidationError
-from statestore.models import ApiToken, Event, ReclaimResult
+from statestore.errors import ConflictError, LeaseLostError, StateStoreError, ValidationError
+from statestore.models import ApiToken, Event, ReclaimResult, WorkflowExecution
 from statestore.repositories.auth import AuthRepository
 from statestore.repositories.events import EventRepository
 from statestore.repositories.queue import RECLAIM_BATCH, QueueRepository
-from statestore.validation import check_int
+from statestore.repositories.turns import TurnRepository
+from statestore.validation import check_identifier, check_int, coerce_model
 
 _log = logging.getLogger("statestore")
 
@@ -88,3 +91,73 @@ async def validate_token(
             Call(tokens.record_use, (found.token.id, found.new_hash)), scope
         )
     return found.token
+
+
+@contextlib.asynccontextmanager
+async def heartbeat(
+    renew: Callable[[], Awaitable[datetime]], every: timedelta
+) -> AsyncIterator[None]:
+    """Call ``renew`` every ``every`` while the block runs. If a renewal finds the lease
+    lost, the block is cancelled and :class:`LeaseLostError` raised out of it; any other
+    failure of a renewal is logged and retried at the next tick (the lease may still hold)."""
+    if not isinstance(every, timedelta) or not every.total_seconds() > 0:
+        raise ValidationError("every must be a positive timedelta")
+    interval = every.total_seconds()
+    block = asyncio.current_task()
+    assert block is not None
+    lost: list[LeaseLostError] = []
+    inside = True
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await renew()
+            except LeaseLostError as exc:
+                # This task runs only while the block is suspended: if the block is still
+                # inside, the cancellation lands in it, never after it.
+                if inside:
+                    lost.append(exc)
+                    block.cancel()
+                return
+            except StateStoreError:
+                _log.exception("lease renewal failed; retrying in %.1f s", interval)
+
+    beater = asyncio.ensure_future(beat())
+    try:
+        yield
+    except asyncio.CancelledError:
+        if lost and block.uncancel() == 0:
+            raise lost[0] from None
+        raise
+    finally:
+        inside = False
+        beater.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beater
+
+
+async def start_execution(
+    backend: Backend,
+    scope: Scope,
+    turns: TurnRepository,
+    execution: WorkflowExecution,
+    events: Sequence[Any],
+    enqueue: Sequence[Any],
+    idempotency_key: str | None,
+) -> tuple[WorkflowExecution, bool]:
+    """One transaction that starts the execution, or finds the one started with the key.
+    Two concurrent starts with one key both miss it and both insert: the unique index lets
+    one commit and refuses the other (``ConflictError``), which then reads the winner."""
+    start = Call(turns.start, (execution, events, enqueue, idempotency_key))
+    try:
+        return await backend.write(start, scope)
+    except ConflictError:
+        if idempotency_key is None:
+            raise
+        checked = coerce_model("execution", WorkflowExecution, execution)
+        key = check_identifier("idempotency_key", idempotency_key)
+        found = await backend.read(Call(turns.find_started, (checked, key)), scope)
+        if found is None:
+            raise  # the conflict was not the key (e.g. a duplicate execution id)
+        return found, False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
@@ -26,10 +27,12 @@ from statestore.models import (
     ApiToken,
     DeadLetter,
     Event,
+    MaterializedState,
     ReclaimResult,
     Snapshot,
     Tenant,
     TokenRole,
+    TurnResult,
     WorkflowDefinition,
     WorkflowExecution,
     WorkflowStatus,
@@ -40,11 +43,13 @@ from statestore.models import (
 from statestore.options import StoreOptions
 from statestore.repositories.auth import AuthRepository
 from statestore.repositories.base import StoreContext
+from statestore.repositories.effects import EffectRepository
 from statestore.repositories.events import EventRepository
 from statestore.repositories.executions import ExecutionRepository
 from statestore.repositories.queue import QueueRepository
 from statestore.repositories.snapshots import SnapshotRepository
 from statestore.repositories.tenants import TenantRepository
+from statestore.repositories.turns import TurnRepository
 from statestore.repositories.workflows import WorkflowRepository
 from statestore.validation import DEFAULT_MAX_JSON_BYTES, check_tenant_id
 
@@ -89,6 +94,15 @@ class StateStore:
         self.tenants = TenantRepository(context)
         self.queue = QueueRepository(context)
         self.tokens = AuthRepository(context)
+        self.effects = EffectRepository(context)
+        self.turns = TurnRepository(
+            context,
+            executions=self.executions,
+            events=self.events,
+            queue=self.queue,
+            snapshots=self.snapshots,
+            effects=self.effects,
+        )
 
     # ------------------------------------------------------------------ opening and closing
 
@@ -375,6 +389,18 @@ class StateStore:
         Otherwise ``LeaseLostError``: stop working on the item."""
         return await self._write(self.queue.renew, item_id, worker_id, lease_fence)
 
+    def heartbeat(
+        self, item: WorkItem, *, worker_id: str, every: timedelta | None = None
+    ) -> AbstractAsyncContextManager[None]:
+        """``async with store.heartbeat(item, worker_id=w):`` renews the item's lease every
+        ``every`` (default a third of the lease) while the block runs; if a renewal finds
+        the lease lost, the block is cancelled and ``LeaseLostError`` raised out of it."""
+        if every is None:
+            every = self._shared.options.lease_duration / 3
+        return procedures.heartbeat(
+            lambda: self.renew_lease(item.id, worker_id, lease_fence=item.lease_fence), every
+        )
+
     async def get_work_item(self, item_id: uuid.UUID | str) -> WorkItem | None:
         """A work item, or ``None``."""
         return await self._read(self.queue.get, item_id)
@@ -437,6 +463,83 @@ class StateStore:
     async def queue_stats(self) -> dict[str, dict[WorkItemStatus, int]]:
         """For every queue type with items, the count of each status (0 included)."""
         return await self._read(self.queue.stats)
+
+    # ------------------------------------------------------------------ atomic turns
+
+    async def commit_turn(
+        self,
+        item_id: uuid.UUID | str,
+        *,
+        worker_id: str,
+        lease_fence: int,
+        events: Sequence[BaseEventKind | dict[str, Any]] = (),
+        state_patch: JsonValue | None = None,
+        enqueue: Sequence[WorkItem] = (),
+        fail: str | None = None,
+        retry_in: timedelta | None = None,
+        status: WorkflowStatus | str | None = None,
+        snapshot: bool = False,
+        effect_key: str | None = None,
+        effect: JsonValue = None,
+    ) -> TurnResult:
+        """One workflow step in ONE transaction, all or nothing: settle the item (fenced:
+        ``LeaseLostError`` unless ``worker_id`` holds it with ``lease_fence``, also when
+        this lease already committed a turn), append ``events``, merge-patch the state
+        (RFC 7396), enqueue successors, move the status, write the materialized snapshot,
+        record the effect (first writer wins)."""
+        turn = self.turns.check(
+            item_id,
+            worker_id,
+            lease_fence,
+            events,
+            state_patch,
+            enqueue,
+            fail,
+            retry_in,
+            status,
+            snapshot,
+            effect_key,
+            effect,
+        )
+        return await self._write(self.turns.commit, turn)
+
+    async def get_effect(self, key: str) -> JsonValue | None:
+        """The effect recorded under ``key`` for this view's tenant (``"default"`` on the
+        unscoped store), or ``None``."""
+        return await self._read(self.effects.get, key)
+
+    async def start_execution(
+        self,
+        execution: WorkflowExecution,
+        *,
+        events: Sequence[BaseEventKind | dict[str, Any]] = (),
+        enqueue: Sequence[WorkItem] = (),
+        idempotency_key: str | None = None,
+    ) -> tuple[WorkflowExecution, bool]:
+        """Create the execution, append ``events`` (sequences 1..n) and enqueue ``enqueue``
+        in one transaction. With ``idempotency_key`` (unique per tenant, forever) an
+        execution already started with it is returned with ``False`` and nothing is
+        written; concurrent starts with one key create one."""
+        return await procedures.start_execution(
+            self._backend, self._scope, self.turns, execution, events, enqueue, idempotency_key
+        )
+
+    async def park_work_item(
+        self,
+        item_id: uuid.UUID | str,
+        *,
+        worker_id: str,
+        lease_fence: int,
+        until: datetime | None = None,
+        retry_in: timedelta | None = None,
+    ) -> None:
+        """Hand a claimed item back without using up an attempt: pending again, available
+        at ``until`` (or after ``retry_in``, or now). Stale holder: ``LeaseLostError``."""
+        await self._write(self.queue.park, item_id, worker_id, lease_fence, until, retry_in)
+
+    async def materialize(self, execution_id: uuid.UUID | str) -> MaterializedState:
+        """The latest snapshot (or the initial input) with every later event folded in."""
+        return await self._read(self.turns.materialize, execution_id)
 
     # ------------------------------------------------------------------ auth
 

@@ -132,7 +132,44 @@ OPERATIONS: dict[str, Op] = {
     "create_token": lambda s, c: s.create_token("new", "operator"),
     "validate_token": lambda s, c: s.validate_token(c["token"]),
     "revoke_token": lambda s, c: s.revoke_token(c["record"].id),
+    "commit_turn": lambda s, c: s.commit_turn(
+        c["claimed"][0].id,
+        worker_id="w",
+        lease_fence=c["claimed"][0].lease_fence,
+        events=[{"type": "t1"}, {"type": "t2"}],
+        state_patch={"k": [1], "new": {"x": 1}},
+        enqueue=[WorkItem(execution_id=c["eid"], node_id="next", queue_type="q")],
+        status="running",
+        snapshot=True,
+        effect_key="effect-1",
+        effect={"v": 1},
+    ),
+    "commit_turn_fail": lambda s, c: s.commit_turn(
+        c["claimed"][3].id,
+        worker_id="w",
+        lease_fence=c["claimed"][3].lease_fence,
+        fail="boom",
+        retry_in=timedelta(seconds=1),
+        events=[{"type": "t"}],
+    ),
+    "start_execution": lambda s, c: start_with_work(s, "start-1"),
+    "park_work_item": lambda s, c: s.park_work_item(
+        c["claimed"][3].id,
+        worker_id="w",
+        lease_fence=c["claimed"][3].lease_fence,
+        retry_in=timedelta(seconds=1),
+    ),
 }
+
+
+async def start_with_work(store: StateStore, key: str) -> Any:
+    run = WorkflowExecution(workflow_id="wf", workflow_version="1")
+    return await store.start_execution(
+        run,
+        events=[{"type": "started"}, {"type": "scheduled"}],
+        enqueue=[WorkItem(execution_id=run.execution_id, node_id="first", queue_type="q")],
+        idempotency_key=key,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(OPERATIONS))

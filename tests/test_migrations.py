@@ -93,12 +93,18 @@ async def test_every_revision_goes_down_and_up_again(empty_url: str) -> None:
     assert revisions, "no revisions"
 
     def walk(connection: Connection) -> list[str | None]:
+        def current() -> str | None:
+            revision = migrations.current_revision(connection)
+            # Reading autobegins a transaction; ending it lets each step commit its own.
+            connection.commit()
+            return revision
+
         seen = []
         for revision in revisions:
             migrations.upgrade(connection, revision.revision)
-            seen.append(migrations.current_revision(connection))
+            seen.append(current())
             migrations.downgrade(connection, revision.down_revision or "base")
-            seen.append(migrations.current_revision(connection))
+            seen.append(current())
             migrations.upgrade(connection, revision.revision)
         return seen
 

@@ -38,10 +38,18 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from statestore.db.driver import DriverStatement
-from statestore.db.schema import ApiTokenRow, EventRow, ExecutionRow, TenantRow, WorkItemRow
+from statestore.db.driver import DriverStatement, RawValue
+from statestore.db.schema import (
+    ApiTokenRow,
+    EffectRow,
+    EventRow,
+    ExecutionRow,
+    TenantRow,
+    WorkItemRow,
+)
 from statestore.db.tenancy import session_scope
 from statestore.db.types import UTCDateTime
 from statestore.models import TenantStatus, WorkflowStatus
@@ -605,3 +613,26 @@ def select_token(session: Session, token_id: uuid.UUID, stand_in: dict[str, Any]
     columns taken from ``stand_in`` (``s_<column>`` for every non-nullable column of
     ``api_tokens`` and ``s_tenant_status``) with ``found`` false."""
     return _run(session, _TOKEN, {**stand_in, "p_id": token_id})[0]
+
+
+# ---------------------------------------------------------------- effects
+
+_effects: Table = EffectRow.__table__  # type: ignore[assignment]
+# INSERT … ON CONFLICT DO NOTHING: the same construct in both dialects, one per dialect.
+_RECORD_EFFECT = {
+    name: DriverStatement(
+        dialect_insert(_effects)
+        .values({column.name: bindparam(column.name, type_=column.type) for column in _effects.c})
+        .on_conflict_do_nothing(index_elements=[_effects.c.tenant_id, _effects.c.key])
+    )
+    for name, dialect_insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
+}
+
+
+def record_effect(session: Session, values: dict[str, Any]) -> None:
+    """Record an effect (``values``: every column, the tenant resolved by the caller, the
+    value as checked JSON text); an existing key keeps its first value (first writer wins)."""
+    session_scope(session)
+    connection = _connection(session)
+    values = {**values, "value": RawValue(values["value"])}
+    _RECORD_EFFECT[connection.dialect.name].execute(connection, values)

@@ -85,6 +85,9 @@ class WorkflowDefinitionRow(TenantOwned, Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+HAS_IDEMPOTENCY_KEY = text("idempotency_key IS NOT NULL")
+
+
 class ExecutionRow(TenantOwned, Base):
     __tablename__ = "workflow_executions"
 
@@ -100,8 +103,18 @@ class ExecutionRow(TenantOwned, Base):
     # The latest event sequence: appends bump it in the same transaction as the insert,
     # which serialises appends per execution and keeps sequences gapless.
     last_sequence: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # start_execution's idempotency key: unique per tenant, forever.
+    idempotency_key: Mapped[str | None] = mapped_column(String(ID_LENGTH), nullable=True)
 
     __table_args__ = (
+        Index(
+            "ix_workflow_executions_idempotency",
+            "tenant_id",
+            "idempotency_key",
+            unique=True,
+            sqlite_where=HAS_IDEMPOTENCY_KEY,
+            postgresql_where=HAS_IDEMPOTENCY_KEY,
+        ),
         Index(None, "tenant_id", "updated_at", "id"),
         Index(None, "tenant_id", "status", "updated_at"),
         Index(None, "tenant_id", "workflow_id", "updated_at"),
@@ -133,6 +146,12 @@ class SnapshotRow(TenantOwned, Base):
     at_sequence: Mapped[int] = mapped_column(BigInteger)
     state: Mapped[Any] = mapped_column(json_type())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The rest of the materialized state (a resume point); defaults for rows written
+    # before these columns existed.
+    status: Mapped[str] = mapped_column(String(STATUS_LENGTH), server_default="pending")
+    completed_nodes: Mapped[Any] = mapped_column(json_type(), server_default="{}")
+    active_nodes: Mapped[Any] = mapped_column(json_type(), server_default="[]")
+    last_sequence: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
     __table_args__ = (UniqueConstraint("execution_id", "at_sequence"),)
 
@@ -140,6 +159,7 @@ class SnapshotRow(TenantOwned, Base):
 PENDING_ONLY = text("status = 'pending'")
 CLAIMED_ONLY = text("status = 'claimed'")
 DEAD_LETTERED_ONLY = text("status = 'dead_lettered'")
+ACTIVE_DEDUPE_KEY = text("dedupe_key IS NOT NULL AND status IN ('pending', 'claimed')")
 
 
 class WorkItemRow(TenantOwned, Base):
@@ -166,8 +186,20 @@ class WorkItemRow(TenantOwned, Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     dead_lettered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    dedupe_key: Mapped[str | None] = mapped_column(String(ID_LENGTH), nullable=True)
 
     __table_args__ = (
+        # One active (pending or claimed) item per tenant, queue type and dedupe key: the
+        # database refuses the second, so concurrent enqueues cannot both insert.
+        Index(
+            "ix_work_items_dedupe",
+            "tenant_id",
+            "queue_type",
+            "dedupe_key",
+            unique=True,
+            sqlite_where=ACTIVE_DEDUPE_KEY,
+            postgresql_where=ACTIVE_DEDUPE_KEY,
+        ),
         # The claim: pending items of some queue types, highest priority first, then oldest.
         # Partial, so finished items never slow it down; matches the claim's ORDER BY.
         Index(
@@ -212,6 +244,23 @@ class ApiTokenRow(TenantOwned, Base):
     __table_args__ = (Index(None, "tenant_id", "created_at"),)
 
 
+class EffectRow(TenantOwned, Base):
+    """A recorded side effect (``commit_turn``'s ``effect_key``): first writer wins."""
+
+    __tablename__ = "effects"
+
+    tenant_id: Mapped[str] = _tenant_fk(primary_key=True)
+    key: Mapped[str] = mapped_column(identifier_type(ID_LENGTH), primary_key=True)
+    value: Mapped[Any] = mapped_column(json_type())
+    execution_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid(), ForeignKey("workflow_executions.id", ondelete="CASCADE")
+    )
+    item_id: Mapped[uuid.UUID | None] = mapped_column(Uuid(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index(None, "execution_id"),)
+
+
 TENANT_OWNED_MODELS: tuple[type[Base], ...] = (
     WorkflowDefinitionRow,
     ExecutionRow,
@@ -219,4 +268,5 @@ TENANT_OWNED_MODELS: tuple[type[Base], ...] = (
     SnapshotRow,
     WorkItemRow,
     ApiTokenRow,
+    EffectRow,
 )

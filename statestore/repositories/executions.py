@@ -18,6 +18,7 @@ from statestore.errors import (
     TenantLimitExceededError,
     ValidationError,
 )
+from statestore.json_patch import merge_patch
 from statestore.models import (
     ACTIVE_STATUSES,
     WorkflowExecution,
@@ -71,7 +72,15 @@ def execution_tenant(session: Session, execution_id: uuid.UUID) -> str:
 class ExecutionRepository(Repository):
     """Executions of workflows."""
 
-    def create(self, session: Session, execution: WorkflowExecution) -> None:
+    def create(
+        self,
+        session: Session,
+        execution: WorkflowExecution,
+        *,
+        idempotency_key: str | None = None,
+    ) -> None:
+        """Insert ``execution`` (``idempotency_key``: ``start_execution``'s key, already
+        checked; unique per tenant)."""
         execution = coerce_model("execution", WorkflowExecution, execution)
         max_bytes = self.context.max_json_bytes
         values: dict[str, Any] = {
@@ -89,6 +98,7 @@ class ExecutionRepository(Repository):
             "updated_at": self.context.stamp(execution, "updated_at"),
             "completed_at": execution.completed_at,
             "last_sequence": 0,
+            "idempotency_key": idempotency_key,
         }
         tenant_id = self.context.tenant_for(execution)
         values["tenant_id"] = tenant_id
@@ -174,6 +184,13 @@ class ExecutionRepository(Repository):
         )
         if changed == 0:
             raise NotFoundError(f"execution {execution_id} not found")
+
+    def merge_state(self, session: Session, execution_id: uuid.UUID, patch: Any) -> None:
+        """Apply ``patch`` (already checked JSON) to the execution's ``current_state`` as a
+        JSON merge patch, under the row lock (a read-modify-write: concurrent patches never
+        lose one another's keys)."""
+        row = self._locked(session, execution_id)
+        self.update_current_state(session, execution_id, merge_patch(row.current_state, patch))
 
     def patch_append_array(
         self, session: Session, execution_id: uuid.UUID | str, key: str, value: Any

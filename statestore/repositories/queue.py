@@ -40,6 +40,7 @@ from statestore.repositories.base import (
 )
 from statestore.repositories.tenants import require_active_tenant
 from statestore.validation import (
+    check_datetime,
     check_identifier,
     check_int,
     check_optional_identifier,
@@ -123,6 +124,7 @@ class QueueRepository(Repository):
             "created_at": self.context.stamp(item, "created_at"),
             "updated_at": now,
             "dead_lettered_at": None,
+            "dedupe_key": None,
         }
         refuse_foreign_child(self.context, session, item, item.execution_id)
         if not queries.enqueue_item(session, values, item.execution_id):
@@ -291,6 +293,40 @@ class QueueRepository(Repository):
             values.update(dead_lettered_at=now)
         self._update(session, item_id, status=status.value, **values)
         return status
+
+    def park(
+        self,
+        session: Session,
+        item_id: uuid.UUID | str,
+        worker_id: str,
+        lease_fence: int,
+        until: datetime | None,
+        retry_in: timedelta | None,
+    ) -> None:
+        """The holder hands the item back without using up an attempt: pending again,
+        available at ``until`` (or after ``retry_in``, or now), ``attempt`` back to its
+        value before this claim, the lease released. The next claim gets a greater fence."""
+        item_id = check_uuid("item_id", item_id)
+        worker_id = check_identifier("worker_id", worker_id)
+        fence = check_int("lease_fence", lease_fence, minimum=0)
+        if until is not None and retry_in is not None:
+            raise ValidationError("give until or retry_in, not both")
+        delay = None if retry_in is None else check_timedelta("retry_in", retry_in)
+        due = None if until is None else check_datetime("until", until)
+        row = self._locked(session, item_id)
+        self._require_claimed(row)
+        self._check_holder(row, worker_id, fence)
+        now = self.context.now()
+        self._update(
+            session,
+            item_id,
+            status=WorkItemStatus.PENDING.value,
+            attempt=max(0, row.attempt - 1),
+            worker_id=None,
+            lease_expires_at=None,
+            available_at=due or (now + delay if delay is not None else now),
+            updated_at=now,
+        )
 
     # ------------------------------------------------------------------ reclaim
 

@@ -14,7 +14,13 @@ from statestore.db.schema import SnapshotRow
 from statestore.models import Snapshot
 from statestore.repositories.base import Repository, row_columns
 from statestore.repositories.executions import execution_tenant
-from statestore.validation import check_int, check_json, check_uuid, coerce_model
+from statestore.validation import (
+    check_identifier,
+    check_int,
+    check_json,
+    check_uuid,
+    coerce_model,
+)
 
 # INSERT ... ON CONFLICT DO UPDATE: the same construct exists in both dialects.
 _UPSERT: dict[str, Callable[..., Any]] = {
@@ -23,12 +29,20 @@ _UPSERT: dict[str, Callable[..., Any]] = {
 }
 
 
+# The snapshot's identity: (execution, at_sequence), and its tenant (the execution's).
+_KEY = frozenset({"tenant_id", "execution_id", "at_sequence"})
+
+
 def snapshot_from_row(row: Any) -> Snapshot:
     return Snapshot(
         id=row.id,
         execution_id=row.execution_id,
         at_sequence=row.at_sequence,
         state=row.state,
+        status=row.status,
+        completed_nodes=row.completed_nodes,
+        active_nodes=row.active_nodes,
+        last_sequence=row.last_sequence,
         created_at=row.created_at,
         tenant_id=row.tenant_id,
     )
@@ -41,7 +55,11 @@ class SnapshotRepository(Repository):
         """Writing the same (execution, at_sequence) again replaces the snapshot."""
         snapshot = coerce_model("snapshot", Snapshot, snapshot)
         at_sequence = check_int("at_sequence", snapshot.at_sequence, minimum=0)
-        state = check_json("state", snapshot.state, self.context.max_json_bytes)
+        max_bytes = self.context.max_json_bytes
+        state = check_json("state", snapshot.state, max_bytes)
+        completed = check_json("completed_nodes", snapshot.completed_nodes, max_bytes)
+        active = [check_identifier("active_nodes", node) for node in snapshot.active_nodes]
+        last_sequence = check_int("last_sequence", snapshot.last_sequence, minimum=0)
         tenant_id = execution_tenant(session, snapshot.execution_id)
         self.context.check_child_tenant(snapshot, tenant_id)
         values = {
@@ -50,13 +68,17 @@ class SnapshotRepository(Repository):
             "execution_id": snapshot.execution_id,
             "at_sequence": at_sequence,
             "state": state,
+            "status": snapshot.status.value,
+            "completed_nodes": completed,
+            "active_nodes": active,
+            "last_sequence": last_sequence,
             "created_at": self.context.stamp(snapshot, "created_at"),
         }
         insert = _UPSERT[session.get_bind().dialect.name](SnapshotRow).values(**values)
         session.execute(
             insert.on_conflict_do_update(
                 index_elements=[SnapshotRow.execution_id, SnapshotRow.at_sequence],
-                set_={key: values[key] for key in ("id", "state", "created_at")},
+                set_={key: values[key] for key in values if key not in _KEY},
             )
         )
 
