@@ -35,10 +35,10 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
+    text,
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from statestore.db.driver import DriverStatement, RawValue
@@ -618,21 +618,22 @@ def select_token(session: Session, token_id: uuid.UUID, stand_in: dict[str, Any]
 # ---------------------------------------------------------------- effects
 
 _effects: Table = EffectRow.__table__  # type: ignore[assignment]
-# INSERT … ON CONFLICT DO NOTHING: the same construct in both dialects, one per dialect.
-_RECORD_EFFECT = {
-    name: DriverStatement(
-        dialect_insert(_effects)
-        .values({column.name: bindparam(column.name, type_=column.type) for column in _effects.c})
-        .on_conflict_do_nothing(index_elements=[_effects.c.tenant_id, _effects.c.key])
-    )
-    for name, dialect_insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
-}
+# Both databases spell "keep the existing row" the same, INSERT … ON CONFLICT (key) DO
+# NOTHING, so one statement serves both (Core's insert() has no ON CONFLICT; the dialects'
+# own insert constructs would be two statements). The columns come from the table.
+_EFFECT_COLUMNS = [column.name for column in _effects.c]
+_RECORD_EFFECT = DriverStatement(
+    text(
+        f"INSERT INTO {_effects.name} ({', '.join(_EFFECT_COLUMNS)}) "
+        f"VALUES ({', '.join(':' + name for name in _EFFECT_COLUMNS)}) "
+        f"ON CONFLICT ({_effects.c.tenant_id.name}, {_effects.c.key.name}) DO NOTHING"
+    ).bindparams(*(bindparam(column.name, type_=column.type) for column in _effects.c))
+)
 
 
 def record_effect(session: Session, values: dict[str, Any]) -> None:
     """Record an effect (``values``: every column, the tenant resolved by the caller, the
     value as checked JSON text); an existing key keeps its first value (first writer wins)."""
     session_scope(session)
-    connection = _connection(session)
     values = {**values, "value": RawValue(values["value"])}
-    _RECORD_EFFECT[connection.dialect.name].execute(connection, values)
+    _RECORD_EFFECT.execute(_connection(session), values)
