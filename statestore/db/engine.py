@@ -11,8 +11,6 @@ PostgreSQL: asyncpg, READ COMMITTED (AUTOCOMMIT for reads and single statements)
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from statestore.db.urls import (
     parse_url,
 )
 from statestore.errors import ConfigurationError
+from statestore.validation import dump_json
 
 URL_ENV_VAR = "STATESTORE_DATABASE_URL"
 DEFAULT_URL = "sqlite:///./statestore.db"
@@ -41,10 +40,6 @@ _POSTGRES_DRIVERS = {"postgresql", "postgres", "postgresql+asyncpg"}
 
 Durability = Literal["NORMAL", "FULL"]
 PG_CONNECT_TIMEOUT_S = 10
-
-json_serializer = functools.partial(
-    json.dumps, ensure_ascii=False, allow_nan=False, separators=(",", ":")
-)
 
 
 @dataclass(frozen=True)
@@ -192,7 +187,7 @@ def create_sqlite_engine(
     assert config.sync_url is not None
     options: dict[str, Any] = {
         "connect_args": {"check_same_thread": False},
-        "json_serializer": json_serializer,
+        "json_serializer": dump_json,
     }
     if config.is_memory:
         options["poolclass"] = StaticPool
@@ -235,7 +230,7 @@ def create_user_engine(
     config: DatabaseConfig, settings: SqliteSettings, engine_options: dict[str, Any]
 ) -> AsyncEngine:
     """The user-facing AsyncEngine (``store.engine``), also used by Alembic's env.py."""
-    options: dict[str, Any] = {"json_serializer": json_serializer}
+    options: dict[str, Any] = {"json_serializer": dump_json}
     if config.dialect == "postgresql":
         options.update(
             # No pre-ping: the asyncpg dialect's ping is three round trips (BEGIN, a query,
