@@ -11,7 +11,6 @@ PostgreSQL: asyncpg, READ COMMITTED (AUTOCOMMIT for reads and single statements)
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +27,10 @@ from statestore.db.urls import (
     check_single_at,
     normalise_postgres_url,
     parse_url,
+    resolve_url,
 )
 from statestore.errors import ConfigurationError
 from statestore.validation import dump_json
-
-URL_ENV_VAR = "STATESTORE_DATABASE_URL"
-DEFAULT_URL = "sqlite:///./statestore.db"
 
 _SQLITE_DRIVERS = {"sqlite", "sqlite+aiosqlite", "sqlite+pysqlite"}
 _POSTGRES_DRIVERS = {"postgresql", "postgres", "postgresql+asyncpg"}
@@ -62,13 +59,6 @@ class DatabaseConfig:
     def redacted(self) -> str:
         """The URL with its password hidden (a ``?password=`` was moved into it on parsing)."""
         return self.async_url.render_as_string(hide_password=True)
-
-
-def resolve_url(url: str | URL | None) -> str | URL:
-    """The explicit URL, else ``$STATESTORE_DATABASE_URL``, else the embedded default."""
-    if url is not None:
-        return url
-    return os.environ.get(URL_ENV_VAR) or DEFAULT_URL
 
 
 def parse_database_url(url: str | URL | None) -> DatabaseConfig:
