@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -23,6 +21,7 @@ from rich.progress import (
 )
 
 from statestore.event_kinds import NodeCompleted
+from statestore.validation import dump_json
 
 # The event (~200 B of JSON) every timed append writes and every read returns.
 KIND = NodeCompleted(
@@ -33,9 +32,8 @@ KIND = NodeCompleted(
 )
 
 
-def dumps(value: Any) -> str:
-    """JSON text the way the store serialises it (compact, UTF-8, no NaN)."""
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+dumps = dump_json
+"""JSON text the way the store serialises it: the store's own serialiser."""
 
 
 _console = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -3,32 +3,43 @@
 Exit codes: 0 on success, 1 on a reported error (one line on stderr, never a traceback),
 2 on bad usage. ``--url`` and ``--json`` are accepted before and after the subcommand.
 Commands that only read never create a database: on a missing SQLite file they fail.
+
+The store (SQLAlchemy), rich, asyncio and the demo are imported by the commands that use
+them, so ``--help`` and a usage error answer without loading them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from functools import wraps
-from typing import Any, TypeVar
+from functools import cache, wraps
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from pydantic import BaseModel
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from statestore.db.engine import URL_ENV_VAR, parse_database_url, require_existing_database
+from statestore.db.urls import URL_ENV_VAR
 from statestore.errors import MigrationError, NotFoundError, StateStoreError
 from statestore.models import Tenant, TenantStatus, TokenRole, WorkflowStatus
-from statestore.store import StateStore
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from statestore.store import StateStore
 
 F = TypeVar("F", bound=Callable[..., Any])
-_out = Console(highlight=False, soft_wrap=True)
+
+
+@cache
+def _out() -> Console:
+    """The console results are printed on, made on first use (--help does not load rich)."""
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------- shared options and plumbing
@@ -83,7 +94,12 @@ def with_store(*, read_only: bool) -> Callable[[Callable[..., Awaitable[Any]]], 
     def decorate(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
         @wraps(fn)
         def command(*args: Any, **kwargs: Any) -> Any:
+            import asyncio
+
             async def run() -> Any:
+                from statestore.db.engine import parse_database_url, require_existing_database
+                from statestore.store import StateStore
+
                 url = _setting("url")
                 if read_only:
                     require_existing_database(parse_database_url(url))
@@ -105,7 +121,7 @@ def emit(data: Any, table: Callable[[], Table | str]) -> None:
     if json_mode():
         click.echo(json.dumps(_jsonable(data), indent=2, sort_keys=False))
     else:
-        _out.print(table())
+        _out().print(table())
 
 
 def _jsonable(data: Any) -> Any:
@@ -121,6 +137,8 @@ def _jsonable(data: Any) -> Any:
 
 
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left")
     for column in columns:
         table.add_column(column, overflow="fold")
@@ -398,13 +416,15 @@ async def events(store: StateStore, execution_id: str, follow: bool) -> None:
                 kind = event.kind.to_json_dict()
                 kind_type = kind.pop("type")
                 stamp = _time(event.created_at)
-                _out.print(f"{event.sequence:>6}  {stamp}  {kind_type}  {json.dumps(kind)}")
+                _out().print(f"{event.sequence:>6}  {stamp}  {kind_type}  {json.dumps(kind)}")
             since = event.sequence
         if batch:
             continue
         execution = await store.get_execution(execution_id)
         if not follow or execution is None or execution.status.is_terminal:
             return
+        import asyncio
+
         await asyncio.sleep(0.5)
 
 
@@ -507,7 +527,19 @@ async def dlq_requeue(store: StateStore, item_id: str) -> None:
 @click.option("--workers", type=click.IntRange(1, 256), default=4, show_default=True)
 def demo(count: int, workers: int) -> None:
     """Run a durable-workflow demo against the store and summarise it."""
+    import asyncio
+
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     from statestore.demo import DEMO_LEASE, run_demo
+    from statestore.store import StateStore
 
     async def run() -> None:
         store = await StateStore.open(_setting("url"), lease_duration=DEMO_LEASE)

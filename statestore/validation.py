@@ -7,6 +7,7 @@ inputs and behave the same (PostgreSQL refuses NUL in text, SQLite would store i
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -33,6 +34,13 @@ ours), and matches common JSON parsers' defaults (Ruby 100, serde_json 128)."""
 _TENANT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # An escaped NUL in json.dumps output: "\u0000" preceded by an even number of backslashes.
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+dump_json = functools.partial(
+    json.dumps, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+)
+"""The store's one JSON serialiser: compact, UTF-8 (no ``\\u`` escapes), NaN and Infinity
+refused. :func:`json_text` checks its output and the engines bind with it
+(``json_serializer``), so checked text is exactly what the database receives."""
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 E = TypeVar("E", bound=Enum)
@@ -148,12 +156,12 @@ def check_json(name: str, value: object, max_bytes: int) -> Any:
 def json_text(name: str, value: object, max_bytes: int, *, keys_checked: bool = False) -> str:
     """The JSON text of ``value``, checked: :func:`check_json_shape` (unless the caller
     already ran it: ``keys_checked``), no NaN/Infinity, no NUL or lone surrogates, at most
-    ``max_bytes``. It is the exact text the database driver would be given (the engines'
-    ``json_serializer``), so it can be bound as is."""
+    ``max_bytes``. It is :func:`dump_json`'s text, the exact text the database driver would
+    be given, so it can be bound as is."""
     if not keys_checked:
         check_json_shape(name, value)
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = dump_json(value)
     except (TypeError, ValueError) as exc:
         raise json_error(name, exc) from None
     if "\\u0000" in text and _ESCAPED_NUL.search(text):

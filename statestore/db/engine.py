@@ -11,9 +11,6 @@ PostgreSQL: asyncpg, READ COMMITTED (AUTOCOMMIT for reads and single statements)
 
 from __future__ import annotations
 
-import functools
-import json
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,21 +27,16 @@ from statestore.db.urls import (
     check_single_at,
     normalise_postgres_url,
     parse_url,
+    resolve_url,
 )
 from statestore.errors import ConfigurationError
-
-URL_ENV_VAR = "STATESTORE_DATABASE_URL"
-DEFAULT_URL = "sqlite:///./statestore.db"
+from statestore.validation import dump_json
 
 _SQLITE_DRIVERS = {"sqlite", "sqlite+aiosqlite", "sqlite+pysqlite"}
 _POSTGRES_DRIVERS = {"postgresql", "postgres", "postgresql+asyncpg"}
 
 Durability = Literal["NORMAL", "FULL"]
 PG_CONNECT_TIMEOUT_S = 10
-
-json_serializer = functools.partial(
-    json.dumps, ensure_ascii=False, allow_nan=False, separators=(",", ":")
-)
 
 
 @dataclass(frozen=True)
@@ -67,13 +59,6 @@ class DatabaseConfig:
     def redacted(self) -> str:
         """The URL with its password hidden (a ``?password=`` was moved into it on parsing)."""
         return self.async_url.render_as_string(hide_password=True)
-
-
-def resolve_url(url: str | URL | None) -> str | URL:
-    """The explicit URL, else ``$STATESTORE_DATABASE_URL``, else the embedded default."""
-    if url is not None:
-        return url
-    return os.environ.get(URL_ENV_VAR) or DEFAULT_URL
 
 
 def parse_database_url(url: str | URL | None) -> DatabaseConfig:
@@ -192,7 +177,7 @@ def create_sqlite_engine(
     assert config.sync_url is not None
     options: dict[str, Any] = {
         "connect_args": {"check_same_thread": False},
-        "json_serializer": json_serializer,
+        "json_serializer": dump_json,
     }
     if config.is_memory:
         options["poolclass"] = StaticPool
@@ -235,7 +220,7 @@ def create_user_engine(
     config: DatabaseConfig, settings: SqliteSettings, engine_options: dict[str, Any]
 ) -> AsyncEngine:
     """The user-facing AsyncEngine (``store.engine``), also used by Alembic's env.py."""
-    options: dict[str, Any] = {"json_serializer": json_serializer}
+    options: dict[str, Any] = {"json_serializer": dump_json}
     if config.dialect == "postgresql":
         options.update(
             # No pre-ping: the asyncpg dialect's ping is three round trips (BEGIN, a query,

@@ -9,12 +9,17 @@ chained to them as ``__context__`` either.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
-
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from typing import TYPE_CHECKING
 
 from statestore.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+URL_ENV_VAR = "STATESTORE_DATABASE_URL"
+DEFAULT_URL = "sqlite:///./statestore.db"
 
 ACCEPTED_SCHEMES = (
     "sqlite:///PATH",
@@ -56,8 +61,19 @@ PG_QUERY_OPTIONS = (
 ``connect()`` as an unexpected keyword argument."""
 
 
+def resolve_url(url: str | URL | None) -> str | URL:
+    """The explicit URL, else ``$STATESTORE_DATABASE_URL``, else the embedded default."""
+    if url is not None:
+        return url
+    return os.environ.get(URL_ENV_VAR) or DEFAULT_URL
+
+
 def parse_url(raw: str | URL) -> URL:
     """``make_url``, with an error that says what is wrong and never repeats the URL."""
+    # Imported here, not above: the CLI reads URL_ENV_VAR for its --help without SQLAlchemy.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         return make_url(raw)
     except ValueError:  # SQLAlchemy's int() of the port
