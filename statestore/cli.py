@@ -569,7 +569,7 @@ def demo(count: int, workers: int) -> None:
                 "retries": result.retries,
                 "dead_letters": result.dead_letters,
                 "killed_worker_items": result.killed_worker_items,
-                "throughput_items_per_s": round(result.throughput, 1),
+                "steps_per_s": round(result.throughput, 1),  # one commit_turn per step
                 "seconds": round(result.seconds, 2),
             }
             emit(
