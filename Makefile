@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint format bench bench-scale clean
+.PHONY: install demo test test-slow lint format bench bench-scale bench-turns clean
 
 install: $(STAMP)
 
@@ -43,6 +43,11 @@ bench: install
 # Tables of a million rows and a million-event history (several minutes).
 bench-scale: install
 	$(BIN)/python bench/scale.py --write docs/benchmarks.md
+
+# commit_turn against its raw transaction, engines on turns, on separate calls and DBOS, and
+# the round trips of a turn (about a minute; PostgreSQL at $STATESTORE_BENCH_PG_URL).
+bench-turns: install
+	$(BIN)/python bench/turns.py --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build

@@ -163,22 +163,45 @@ async def pg_admin(admin_url: str, *statements: str) -> None:
 
 SCALE_BEGIN, SCALE_END = "<!-- scale -->", "<!-- /scale -->"
 """Markers of the section bench/scale.py writes into docs/benchmarks.md."""
+TURNS_BEGIN, TURNS_END = "<!-- turns -->", "<!-- /turns -->"
+"""Markers of the section bench/turns.py writes into docs/benchmarks.md."""
+SECTIONS = {"turns": (TURNS_BEGIN, TURNS_END), "scale": (SCALE_BEGIN, SCALE_END)}
+"""The sections other scripts own, by name, in the order they close the document."""
+
+
+def section_block(text: str, name: str) -> str:
+    """The named section (``SECTIONS``) of a document, markers included ("" if none)."""
+    begin, end = SECTIONS[name]
+    if begin not in text or end not in text:
+        return ""
+    inside = text.split(begin, 1)[1].split(end, 1)[0]
+    return f"{begin}{inside}{end}\n"
 
 
 def scale_block(text: str) -> str:
     """The scale section of a document, markers included ("" if it has none)."""
-    if SCALE_BEGIN not in text or SCALE_END not in text:
-        return ""
-    inside = text.split(SCALE_BEGIN, 1)[1].split(SCALE_END, 1)[0]
-    return f"{SCALE_BEGIN}{inside}{SCALE_END}\n"
+    return section_block(text, "scale")
 
 
-def write_document(path: Path, text: str, *, scale: str | None = None) -> None:
-    """Write ``path``: ``text`` plus its scale section, which is ``scale`` (markers
-    included) when given, else the one ``path`` already holds (so either script may rewrite
-    the document without losing the other's part)."""
+def write_document(
+    path: Path, text: str, *, scale: str | None = None, turns: str | None = None
+) -> None:
+    """Write ``path``: ``text`` (less any marked section it holds) plus the marked sections
+    of ``SECTIONS``, each the one given here (markers included) or else the one ``path``
+    already holds, so that every script may rewrite the document without losing the
+    others' parts."""
     existing = path.read_text(encoding="utf-8") if path.exists() else ""
-    block = scale if scale is not None else scale_block(existing)
+    given = {"scale": scale, "turns": turns}
+    body = text
+    for name in SECTIONS:
+        block = section_block(body, name)
+        if block:
+            body = body.replace(block, "")
+    blocks = [
+        block
+        for name in SECTIONS
+        if (block := given[name] if given[name] is not None else section_block(existing, name))
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = text.rstrip("\n") + "\n"
-    path.write_text(body + ("\n" + block if block else ""), encoding="utf-8")
+    body = body.rstrip("\n") + "\n"
+    path.write_text(body + "".join("\n" + block for block in blocks), encoding="utf-8")

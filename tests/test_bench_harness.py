@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -169,3 +170,54 @@ def test_scale_run_measures_both_sizes_and_memory(tmp_path: Path) -> None:
     assert document.count("<!-- scale -->") == 1 and "## Scale" in document
     run_bench("scale.py", *args)  # a second run replaces the section
     assert written.read_text(encoding="utf-8").count("## Scale") == 1
+
+
+def load_bench_common() -> object:
+    """bench/common.py as a module (the bench scripts import it from their own folder)."""
+    spec = importlib.util.spec_from_file_location("bench_common", REPO / "bench" / "common.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_turns_quick_run_writes_its_section(tmp_path: Path) -> None:
+    """bench/turns.py --quick on SQLite: the commit_turn rows against raw, the engine rows
+    (turns, separate calls, DBOS or why not), the statements of a turn; its section written
+    between its markers with the rest of the document (the scale section too) kept, and
+    kept again when bench/run.py rewrites the document."""
+    written = tmp_path / "benchmarks.md"
+    scale = "<!-- scale -->\n## Scale\n\nmeasured\n<!-- /scale -->\n"
+    written.write_text(f"# Benchmarks\n\nkept\n\n{scale}", encoding="utf-8")
+    stdout = run_bench("turns.py", "--quick", "--only", "sqlite", "--write", str(written))
+
+    rows = table_rows(stdout)
+    turns = {int(row[1]): row for row in rows if row[1].isdigit()}
+    assert sorted(turns) == [1, 16]
+    for row in turns.values():
+        assert row[0] == "sqlite"
+        assert number(row[2]) > 0 and number(row[5]) > 0 and number(row[8]) > 0, row
+        assert re.fullmatch(r"0\.6x: (met|missed by \d+%)", row[9]), row
+    engines = {row[1].split(" (")[0]: row for row in rows if not row[1].isdigit()}
+    assert set(engines) == {"turns", "separate calls", "DBOS"}
+    for name in ("turns", "separate calls"):
+        assert number(engines[name][5]) > 0 and number(engines[name][6]) > 0, engines[name]
+    assert re.fullmatch(r"3x: (met|missed by \d+%)", engines["separate calls"][8])
+    if importlib.util.find_spec("dbos") is not None:
+        assert number(engines["DBOS"][5]) > 0, engines["DBOS"]
+        assert re.fullmatch(r"10x: (met|missed by \d+%)", engines["DBOS"][8])
+    else:
+        assert engines["DBOS"][5] == "not run"
+    assert "statements in the writer's transaction, SELECT work_items" in stdout
+
+    document = written.read_text(encoding="utf-8")
+    assert document.startswith("# Benchmarks\n\nkept\n")
+    assert document.count("<!-- turns -->") == document.count("<!-- /turns -->") == 1
+    assert "## Atomic turns" in document and "--quick --only sqlite" in document
+    assert document.count(scale) == 1
+    common: Any = load_bench_common()
+    common.write_document(written, "# Benchmarks\n\nrewritten\n")  # as bench/run.py does
+    rewritten = written.read_text(encoding="utf-8")
+    assert rewritten.startswith("# Benchmarks\n\nrewritten\n") and "kept" not in rewritten
+    assert rewritten.count("## Atomic turns") == 1 and rewritten.count(scale) == 1
