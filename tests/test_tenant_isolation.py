@@ -1573,18 +1573,12 @@ def describe_change(before: dict[str, Any], after: dict[str, Any], keys: set[str
 # ---------------------------------------------------------------- running the machine
 
 
-async def _migrate(url: str) -> None:
-    store = await StateStore.open(url)
-    await store.close()
-
-
 @pytest.fixture
-def sync_database_url(backend: str, tmp_path: Path, pg_url: str | None) -> str:
+def sync_database_url(pg_url: str | None, sqlite_url: str | None) -> str:
     """A migrated database for the sync property tests (``database_url`` is async)."""
     if pg_url is None:
-        url = f"sqlite:///{tmp_path / 'state.db'}"
-        asyncio.run(_migrate(url))
-        return url
+        assert sqlite_url is not None
+        return sqlite_url
     asyncio.run(reset_pg(pg_url))
     return pg_url
 
