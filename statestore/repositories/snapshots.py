@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from statestore.db import queries
 from statestore.db.schema import SnapshotRow
 from statestore.models import Snapshot
 from statestore.repositories.base import Repository, row_columns
 from statestore.repositories.executions import execution_tenant
 from statestore.validation import check_int, check_json, check_uuid, coerce_model
-
-# INSERT ... ON CONFLICT DO UPDATE: the same construct exists in both dialects.
-_UPSERT: dict[str, Callable[..., Any]] = {
-    "sqlite": sqlite.insert,
-    "postgresql": postgresql.insert,
-}
 
 
 def snapshot_from_row(row: Any) -> Snapshot:
@@ -43,7 +36,9 @@ class SnapshotRepository(Repository):
         at_sequence = check_int("at_sequence", snapshot.at_sequence, minimum=0)
         state = check_json("state", snapshot.state, self.context.max_json_bytes)
         tenant_id = execution_tenant(session, snapshot.execution_id)
-        self.context.check_child_tenant(snapshot, tenant_id)
+        other_tenant = self.context.other_tenant(snapshot)
+        if other_tenant is not None:
+            raise other_tenant
         values = {
             "id": snapshot.id,
             "tenant_id": tenant_id,
@@ -52,13 +47,7 @@ class SnapshotRepository(Repository):
             "state": state,
             "created_at": self.context.stamp(snapshot, "created_at"),
         }
-        insert = _UPSERT[session.get_bind().dialect.name](SnapshotRow).values(**values)
-        session.execute(
-            insert.on_conflict_do_update(
-                index_elements=[SnapshotRow.execution_id, SnapshotRow.at_sequence],
-                set_={key: values[key] for key in ("id", "state", "created_at")},
-            )
-        )
+        queries.upsert_snapshot(session, values)
 
     def latest(self, session: Session, execution_id: uuid.UUID | str) -> Snapshot | None:
         row = session.execute(
