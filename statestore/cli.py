@@ -582,6 +582,31 @@ def demo(count: int, workers: int) -> None:
     asyncio.run(run())
 
 
+@cli.command("ui")
+@common_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8321, show_default=True)
+@click.option(
+    "--require-token",
+    is_flag=True,
+    help="Ask for a store API token on loopback too (always asked elsewhere).",
+)
+def ui(host: str, port: int, require_token: bool) -> None:
+    """Serve the read-only web inspector (needs the ui extra: pip install 'statestore[ui]').
+
+    Bound to 127.0.0.1 by default; bound to any other address, every request needs a store
+    API token (a Bearer header or the sign-in form), and a tenant's token shows only that
+    tenant."""
+    try:
+        from statestore.ui.server import serve
+    except ImportError as error:
+        raise click.ClickException(
+            f"statestore ui needs the ui extra ({error.name} is missing): "
+            "pip install 'statestore[ui]'"
+        ) from None
+    serve(_setting("url"), host=host, port=port, require_token=require_token)
+
+
 # ---------------------------------------------------------------- entry point
 
 

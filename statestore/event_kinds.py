@@ -1,10 +1,11 @@
 """Event kinds: what happened in an execution.
 
 A kind serialises as one JSON object, internally tagged by ``"type"`` (snake_case), with its
-fields beside the tag, exactly as the seed does: ``{"type": "node_completed", "node_id": "n1",
-...}``. The lifecycle kinds are typed models; any other ``type`` is kept verbatim as a
-:class:`CustomEvent`, so engines can add kinds of their own and old readers never break on a
-new kind.
+fields beside the tag: ``{"type": "node_completed", "node_id": "n1", ...}``. That is the JSON
+of jamjet-state, the Rust state store this package's contract was taken from (a serde
+"internally tagged" enum). The lifecycle kinds are typed models; any other ``type`` is kept
+verbatim as a :class:`CustomEvent`, so engines can add kinds of their own and old readers
+never break on a new kind.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ class BaseEventKind(BaseModel):
     model_config = ConfigDict(extra="allow", ser_json_inf_nan="constants")
 
     type: str
-    # Optional fields the seed omits from JSON when they are absent (instead of null).
+    # Optional fields jamjet-state omits from JSON when they are absent (instead of null).
     _omit_when_none: ClassVar[frozenset[str]] = frozenset()
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The kind as the seed's internally tagged JSON object."""
+        """The kind as one JSON object: ``"type"`` and the fields beside it, as jamjet-state
+        writes it."""
         try:
             data = self.model_dump(mode="json")
         except ValueError as exc:  # e.g. pydantic cannot encode a lone surrogate in a key

@@ -1,11 +1,19 @@
 """Shared fixtures: every behaviour test runs against a real SQLite file and the real
 PostgreSQL (``backend`` is parametrised). PostgreSQL tests skip only when the server is
-unreachable outside CI; with ``CI=true`` they fail instead."""
+unreachable outside CI; with ``CI=true`` they fail instead.
+
+Tests marked ``memory`` (a module's ``pytestmark``) also run on ``sqlite:///:memory:``,
+the third backend; ``no_memory`` takes one test of such a module out again.
+
+Each SQLite test gets a copy of one file migrated once per session; each PostgreSQL test
+the session's database, emptied by ``TRUNCATE``. Both are as a fresh ``StateStore.open``
+leaves them, without an Alembic upgrade per test."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +38,34 @@ TABLES = (
 )
 
 StoreFactory = Callable[..., Awaitable[StateStore]]
+
+BACKENDS = ("sqlite", "postgresql")
+MEMORY = "memory"
+MEMORY_URL = "sqlite:///:memory:"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "memory: also run on sqlite:///:memory: (the test opens one store: each in-memory "
+        "store is a database of its own)",
+    )
+    config.addinivalue_line("markers", "no_memory(reason): not on sqlite:///:memory:")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``backend``: sqlite and postgresql for every test, memory too for marked ones."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    definition = metafunc.definition
+    for marker in definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if "backend" in (names.replace(" ", "").split(",") if isinstance(names, str) else names):
+            return  # the test chooses its backends itself
+    on_memory = definition.get_closest_marker("memory") and not definition.get_closest_marker(
+        "no_memory"
+    )
+    metafunc.parametrize("backend", [*BACKENDS, MEMORY] if on_memory else BACKENDS, indirect=True)
 
 
 def _pg_url(database: str) -> str:
@@ -80,9 +116,25 @@ async def reset_pg(url: str) -> None:
         await conn.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture
 def backend(request: pytest.FixtureRequest) -> str:
+    """``sqlite``, ``postgresql`` or ``memory`` (parametrised by :func:`pytest_generate_tests`)."""
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite file migrated to head once per session, copied by each SQLite test."""
+    path = tmp_path_factory.mktemp("template") / "state.db"
+
+    async def migrate() -> None:
+        store = await StateStore.open(f"sqlite:///{path}")
+        await store.close()
+
+    asyncio.run(migrate())
+    # Closing the last connection checkpointed the WAL into the file and removed it.
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    return path
 
 
 @pytest.fixture
@@ -92,24 +144,41 @@ def pg_url(backend: str, request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture
-async def database_url(backend: str, tmp_path: Path, pg_url: str | None) -> str:
-    """URL of an empty database at head revision, fresh for this test."""
-    if pg_url is None:
-        url = f"sqlite:///{tmp_path / 'state.db'}"
-        store = await StateStore.open(url)
-        await store.close()
-        return url
-    await reset_pg(pg_url)
-    return pg_url
+def sqlite_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str | None:
+    """A fresh copy of :func:`sqlite_template`, for SQLite-backed tests only."""
+    if backend != "sqlite":
+        return None
+    path = tmp_path / "state.db"
+    shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+async def database_url(backend: str, pg_url: str | None, sqlite_url: str | None) -> str:
+    """URL of an empty database at head revision, fresh for this test. On ``memory`` it is
+    ``sqlite:///:memory:``: the test's one store (:func:`make_store`) is its database."""
+    if pg_url is not None:
+        await reset_pg(pg_url)
+        return pg_url
+    return sqlite_url or MEMORY_URL
 
 
 @pytest.fixture
 async def make_store(database_url: str) -> AsyncIterator[StoreFactory]:
-    """Open more stores (e.g. with a clock) on this test's database; all closed at the end."""
+    """Open more stores (e.g. with a clock) on this test's database; all closed at the end.
+    On ``memory`` only one: it opens (and migrates) the test's in-memory database."""
     stores: list[StateStore] = []
 
     async def factory(**options: Any) -> StateStore:
-        store = await StateStore.connect(database_url, **options)
+        if database_url != MEMORY_URL:
+            store = await StateStore.connect(database_url, **options)
+        elif stores:
+            raise AssertionError(
+                "a second store on sqlite:///:memory: would be another, empty database: "
+                "mark the test no_memory"
+            )
+        else:
+            store = await StateStore.open(database_url, **options)
         stores.append(store)
         return store
 

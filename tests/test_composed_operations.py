@@ -31,7 +31,7 @@ from statestore import (
     WorkItemStatus,
 )
 from statestore.db.schema import ExecutionRow, WorkflowDefinitionRow
-from statestore.repositories.base import NO_SYNC
+from statestore.repositories.base import NO_SESSION_SYNC
 
 
 @pytest.fixture
@@ -451,7 +451,7 @@ async def test_run_on_a_scoped_view_confines_orm_statements_only(cstore: StateSt
     def op(session: Session) -> dict[str, Any]:
         table = ExecutionRow.__table__  # Core: the table, not the mapped class
         renamed = session.execute(
-            update(ExecutionRow).values(workflow_id="renamed"), execution_options=NO_SYNC
+            update(ExecutionRow).values(workflow_id="renamed"), execution_options=NO_SESSION_SYNC
         )
         return {
             "orm select": set(session.scalars(select(ExecutionRow.id))),

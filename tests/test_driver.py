@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import itertools
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from statestore import Event, StateStore, WorkflowDefinition, WorkflowExecution
 from statestore.db import queries
 from statestore.db.driver import DriverStatement, RawValue
+from statestore.db.schema import TENANT_OWNED_MODELS, EventRow, ExecutionRow
 from statestore.db.sqlite_runner import SqliteRunner
 from statestore.db.types import UTCDateTime, json_type
 from statestore.event_kinds import NodeCompleted
@@ -32,35 +36,80 @@ KIND = NodeCompleted(node_id="n", output={}, state_patch={}, duration_ms=1)
 DIALECTS = [sqlite.pysqlite.dialect(), postgresql.asyncpg.dialect()]
 
 
-def every_statement() -> list[DriverStatement]:
-    """Every DriverStatement queries.py builds up front (variants and dict-held ones)."""
-    found: list[DriverStatement] = []
+# Every statement builder of queries.py with the shapes it is built in (a few counts where
+# it takes one).
+SHAPES: dict[str, list[tuple[Any, ...]]] = {
+    "_tenant": [(False,), (True,)],
+    "_execution": [()],
+    "_insert": [(ExecutionRow,), (EventRow,)],
+    "_reserve": [(False,), (True,)],
+    "_append_one": [(False,), (True,)],
+    "_events_since": [()],
+    "_latest_sequence": [()],
+    "_enqueue": [()],
+    "_new_work": [()],
+    "_claim": [(1,), (3,)],
+    "_lease": [shape for shape in itertools.product((False, True), repeat=3)],
+    "_renew": [(False,), (True,)],
+    "_complete": [
+        (1, False, False),
+        (1, True, True),
+        (4, True, True, False),
+        (4, True, True, True),
+    ],
+    "_token": [()],
+    "_record_effect": [()],
+}
 
-    def collect(value: Any) -> None:
-        if isinstance(value, DriverStatement):
-            found.append(value)
-        elif isinstance(value, tuple | list):
-            for item in value:
-                collect(item)
-        elif isinstance(value, dict):
-            for item in value.values():
-                collect(item)
 
-    # The statements built per list length on first use, at a few lengths.
-    collect([queries._claim_variants(n) for n in (1, 3)])
-    collect([queries._variants(lambda t, n=n: queries._complete_each(t, n)) for n in (1, 3)])
-    for value in vars(queries).values():
-        collect(value)
-    return found
+def test_every_statement_builder_is_listed() -> None:
+    """A builder missing from SHAPES would escape the checks below."""
+    builders = {
+        name
+        for name, value in vars(queries).items()
+        if inspect.isfunction(value)
+        and value.__module__ == queries.__name__
+        and inspect.get_annotations(value).get("return") in ("Executable", "Update")
+    }
+    assert builders == set(SHAPES)
+
+
+def every_statement(scoped: bool) -> list[tuple[str, DriverStatement]]:
+    """Every statement queries.py builds, in every listed shape."""
+    return [
+        (f"{name}{shape}", queries._prepared(getattr(queries, name), scoped, *shape))
+        for name, shapes in SHAPES.items()
+        for shape in shapes
+    ]
 
 
 @pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.name)
 def test_every_hot_path_statement_compiles_for_both_dialects(dialect: Any) -> None:
-    statements = every_statement()
-    assert len(statements) >= 20  # the variants of every hot path
-    for statement in statements:
+    statements = every_statement(False) + every_statement(True)
+    assert len(statements) >= 40  # every shape of every hot path, scoped and not
+    for _name, statement in statements:
         compiled = statement._compiled_for(dialect)
         assert compiled.sql and "POSTCOMPILE" not in compiled.sql
+
+
+TENANT_OWNED = [model.__tablename__ for model in TENANT_OWNED_MODELS]
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.name)
+def test_scoped_statements_confine_every_tenant_owned_table(dialect: Any) -> None:
+    """The scoped form of each statement carries ``tenant_id = :p_tenant`` wherever it reads
+    or updates a tenant-owned table (its CTEs, subqueries and joins included); the unscoped
+    form never does. tenancy.confine adds it through the ORM, which only sees ORM-enabled
+    statements: a statement built on Core tables would come back unconfined, and fail here."""
+    for name, statement in every_statement(True):
+        compiled = statement._compiled_for(dialect)
+        for table in TENANT_OWNED:
+            uses = len(re.findall(rf"\b(?:FROM|JOIN|UPDATE) {table}\b", compiled.sql))
+            confined = compiled.sql.count(f"{table}.tenant_id = ")
+            assert confined >= uses, f"{name}: {table} unconfined in {compiled.sql}"
+        assert queries.TENANT in compiled.names or "tenant_id = " not in compiled.sql, name
+    for name, statement in every_statement(False):
+        assert queries.TENANT not in statement._compiled_for(dialect).names, name
 
 
 def test_expanding_parameters_are_refused() -> None:

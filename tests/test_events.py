@@ -42,6 +42,8 @@ from statestore import (
     WorkflowStarted,
 )
 
+pytestmark = pytest.mark.memory  # also on sqlite:///:memory: (conftest)
+
 StoreFactory = Callable[..., Awaitable[StateStore]]
 
 ALL_TYPED_KINDS: list[BaseEventKind] = [

@@ -19,6 +19,8 @@ from statestore import (
     WorkflowStatus,
 )
 
+pytestmark = pytest.mark.memory  # also on sqlite:///:memory: (conftest)
+
 StoreFactory = Callable[..., Awaitable[StateStore]]
 TERMINAL = [s for s in WorkflowStatus if s.is_terminal]
 ACTIVE = [s for s in WorkflowStatus if s.is_active]

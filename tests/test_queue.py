@@ -28,6 +28,8 @@ from statestore import (
 )
 from statestore.db.schema import WorkItemRow
 
+pytestmark = pytest.mark.memory  # also on sqlite:///:memory: (conftest)
+
 WORKER = Path(__file__).with_name("queue_worker.py")
 
 
@@ -362,9 +364,10 @@ async def test_run_reclaimer_reclaims_periodically_and_stops_on_cancel(
         await qstore.run_reclaimer(every=0)
 
 
-async def test_claim_uses_the_partial_index(qstore: StateStore, backend: str) -> None:
+async def test_claim_uses_the_partial_index(qstore: StateStore) -> None:
     """EXPLAIN the claim statement the store really sends, on a freshly filled table that
     was never analysed: the plan must be the ordered scan of the partial claim index."""
+    sqlite = qstore.dialect == "sqlite"  # the file or the in-memory database
     eid = await execution(qstore)
     now = T0
     rows = [
@@ -401,9 +404,9 @@ async def test_claim_uses_the_partial_index(qstore: StateStore, backend: str) ->
         finally:
             event.remove(connection, "before_cursor_execute", capture)
         statement, params = next((st, p) for st, p in captured if "eligible" in st)
-        prefix = "EXPLAIN QUERY PLAN " if backend == "sqlite" else "EXPLAIN "
+        prefix = "EXPLAIN QUERY PLAN " if sqlite else "EXPLAIN "
         cursor = connection.connection.driver_connection
-        if backend == "sqlite":
+        if sqlite:
             plan = cursor.execute(prefix + statement, params).fetchall()
             return [" ".join(map(str, row)) for row in plan]
         result = connection.exec_driver_sql(prefix + statement, params)
@@ -411,7 +414,7 @@ async def test_claim_uses_the_partial_index(qstore: StateStore, backend: str) ->
 
     plan = await qstore.run(explain_claim, write=False)
     assert any("ix_work_items_claim" in line for line in plan), plan
-    assert "'pending'" in " ".join(plan) or backend == "sqlite"
+    assert "'pending'" in " ".join(plan) or sqlite
 
 
 async def run_procs(*argv_sets: list[str], together: bool = False) -> list[Any]:
@@ -447,6 +450,7 @@ async def run_procs(*argv_sets: list[str], together: bool = False) -> list[Any]:
     return results
 
 
+@pytest.mark.no_memory("worker processes open the database by its URL")
 async def test_exactly_once_across_processes(
     store: StateStore, database_url: str, backend: str
 ) -> None:
@@ -480,6 +484,7 @@ async def expired_claims(store: StateStore, clock: Clock, count: int) -> list[Wo
     return claimed
 
 
+@pytest.mark.no_memory("worker processes open the database by its URL")
 async def test_two_reclaimers_at_once_report_each_item_once(
     qstore: StateStore, clock: Clock, database_url: str
 ) -> None:
@@ -495,6 +500,7 @@ async def test_two_reclaimers_at_once_report_each_item_once(
     assert {i.attempt for i in stored} == {1}
 
 
+@pytest.mark.no_memory("worker processes open the database by its URL")
 async def test_reclaim_racing_renew_never_loses_or_double_counts(
     qstore: StateStore, clock: Clock, database_url: str
 ) -> None:

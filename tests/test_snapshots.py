@@ -12,6 +12,8 @@ from sqlalchemy import text
 
 from statestore import NotFoundError, Snapshot, StateStore, Tenant, WorkflowExecution
 
+pytestmark = pytest.mark.memory  # also on sqlite:///:memory: (conftest)
+
 StoreFactory = Callable[..., Awaitable[StateStore]]
 
 

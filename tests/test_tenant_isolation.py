@@ -29,11 +29,12 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from conftest import reset_pg
+from conftest import Clock, reset_pg
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -92,25 +93,13 @@ SLOW_EXAMPLES = int(os.environ.get("STATESTORE_PROPERTY_SLOW_EXAMPLES", "1000"))
 SLOW_STEPS = int(os.environ.get("STATESTORE_PROPERTY_SLOW_STEPS", "30"))
 
 T0 = datetime(2031, 1, 1, tzinfo=UTC)
+"""Where the store's clock (``Clock(T0)``) starts. It only moves forward in a run, so the
+examples sharing a database keep their timestamps ordered (the current one's are newest)."""
 LEASE = timedelta(seconds=30)
 OK = "ok"
 ACTIVE_STATUSES = {s.value for s in WorkflowStatus if s.is_active}
 TERMINAL_STATUSES = {s.value for s in WorkflowStatus if s.is_terminal}
 Row = dict[str, Any]
-
-
-class Clock:
-    """The store's clock; only ever moves forward, so examples sharing a database keep
-    their timestamps ordered (this example's rows are always the newest)."""
-
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 # ---------------------------------------------------------------- ground truth
@@ -131,17 +120,9 @@ class Truth:
 
     def of_tenant(self, tenant_id: str) -> dict[str, Any]:
         """Everything one tenant owns (compared before/after a step)."""
-        tables = {
-            "workflows": self.workflows,
-            "executions": self.executions,
-            "events": self.events,
-            "snapshots": self.snapshots,
-            "items": self.items,
-            "tokens": self.tokens,
-        }
         view: dict[str, Any] = {
-            name: {k: r for k, r in rows.items() if r["tenant_id"] == tenant_id}
-            for name, rows in tables.items()
+            name: {k: r for k, r in getattr(self, name).items() if r["tenant_id"] == tenant_id}
+            for name in _OWNED
         }
         view["tenant"] = self.tenants.get(tenant_id)
         return view
@@ -154,6 +135,11 @@ _OWNED = {
     "snapshots": SnapshotRow,
     "items": WorkItemRow,
     "tokens": ApiTokenRow,
+}
+# How the rows of each table are keyed in Truth (by their id unless named here).
+_KEYS: dict[str, Callable[[Row], Any]] = {
+    "workflows": lambda r: (r["tenant_id"], r["workflow_id"], r["version"]),
+    "snapshots": lambda r: (r["execution_id"], r["at_sequence"]),
 }
 
 
@@ -184,16 +170,8 @@ def truth_from(
     ]
     counts.append(select(func.count()).select_from(tenants_table).scalar_subquery())
     others = tuple(conn.execute(select(*counts)).one())
-    return Truth(
-        workflows={(r["tenant_id"], r["workflow_id"], r["version"]): r for r in found["workflows"]},
-        executions={r["id"]: r for r in found["executions"]},
-        events={r["id"]: r for r in found["events"]},
-        snapshots={(r["execution_id"], r["at_sequence"]): r for r in found["snapshots"]},
-        items={r["id"]: r for r in found["items"]},
-        tokens={r["id"]: r for r in found["tokens"]},
-        tenants={r["id"]: r for r in found["tenants"]},
-        others=others,
-    )
+    keys = {name: _KEYS.get(name, itemgetter("id")) for name in found}
+    return Truth(**{n: {keys[n](r): r for r in rows} for n, rows in found.items()}, others=others)
 
 
 async def read_truth(
@@ -244,16 +222,37 @@ async def attempt(awaitable: Awaitable[Any]) -> Outcome:
         return Outcome(error=exc)
 
 
+ArgsOf = Callable[[uuid.UUID], tuple[tuple[Any, ...], dict[str, Any]]]
+"""The arguments of a call aimed at an id, for that id (a foreign one or a ghost)."""
+
+
+def on(*rest: Any, **kwargs: Any) -> ArgsOf:
+    """The arguments of a call whose first argument is the id: the id, ``rest``, ``kwargs``."""
+    return lambda i: ((i, *rest), kwargs)
+
+
+def model(make: Callable[[uuid.UUID], Any], **kwargs: Any) -> ArgsOf:
+    """The arguments of a call taking one model, ``make(id)``, and ``kwargs``."""
+    return lambda i: ((make(i),), kwargs)
+
+
+def assert_like_missing(
+    what: str, got: Outcome, foreign: object, baseline: Outcome, ghost: object
+) -> None:
+    """``got``, a call on another tenant's ``foreign`` id, is indistinguishable from
+    ``baseline``, the same call on ``ghost``, an id that never existed: the same error class
+    and message (ids masked), or the same result."""
+    assert got.masked({str(foreign): "<id>"}) == baseline.masked({str(ghost): "<id>"}), (
+        f"{what} on a foreign id is distinguishable from a missing one: {got!r} vs {baseline!r}"
+    )
+
+
 def names(kinds: Iterable[Any]) -> str:
     return ", ".join(sorted(k if isinstance(k, str) else k.__name__ for k in kinds))
 
 
 def other(role: str) -> str:
     return "B" if role == "A" else "A"
-
-
-def claim_key(row: Row) -> tuple[int, datetime]:
-    return (-row["priority"], row["created_at"])
 
 
 # ---------------------------------------------------------------- the state machine
@@ -359,40 +358,55 @@ class TenantIsolationMachine(RuleBasedStateMachine):
         event(f"{what} -> {names([got.kind])}")  # --hypothesis-show-statistics
         assert got.kind in acceptable, f"{what}: expected {names(acceptable)}, got {got!r}"
 
-    def like_missing(
+    def hidden(
         self,
         actor: str,
+        owner: str | None,
         method: str,
         target: uuid.UUID,
-        make_args: Callable[[uuid.UUID], tuple[tuple[Any, ...], dict[str, Any]]],
+        make_args: ArgsOf,
         allowed: Iterable[Any] = (NotFoundError,),
-    ) -> Outcome:
-        """A call aimed at another tenant's (or a missing) id must behave exactly as the
-        same call aimed at an id that never existed; nothing may change."""
+    ) -> bool:
+        """Whether ``owner``'s ``target`` is hidden from ``actor`` (another tenant's, or
+        missing: ``owner`` is None). If it is, the call was made and checked: it behaves
+        exactly as on an id that never existed, raises one of ``allowed`` and changes
+        nothing; the rule has nothing more to do."""
+        if self.visible(actor, owner):
+            return False
         args, kwargs = make_args(target)
         got = self.call(actor, method, *args, **kwargs)
         ghost = uuid.uuid4()
         args, kwargs = make_args(ghost)
         baseline = self.call(actor, method, *args, **kwargs)
-        assert got.masked({str(target): "<id>"}) == baseline.masked({str(ghost): "<id>"}), (
-            f"{actor}.{method} on a foreign id is distinguishable from a missing one: "
-            f"{got!r} vs {baseline!r}"
-        )
-        pools = [*self.executions.values(), *self.items.values(), *self.tokens.values()]
-        aimed = "a foreign" if any(target in pool for pool in pools) else "a missing"
+        assert_like_missing(f"{actor}.{method}", got, target, baseline, ghost)
+        aimed = "a missing" if owner is None else "a foreign"
         self.expect(got, set(allowed), f"{actor}.{method} on {aimed} id")
         self.touched = set()
-        return got
+        return True
 
-    def model_tenant(self, actor: str, owner: str, explicit: str) -> dict[str, str]:
-        """The ``tenant_id`` keyword for a model written by ``actor`` for ``owner``'s data.
-        On the unscoped store ``other`` names the wrong tenant (it must be ignored for
-        events, snapshots and work items)."""
+    def model_tenant(
+        self, actor: str, owner: str | None, explicit: str, *, child: bool = False
+    ) -> dict[str, str]:
+        """The ``tenant_id`` keyword of a model ``actor`` writes for ``owner`` (None: the
+        execution is missing). ``explicit`` is "unset" (none), "own" or "other": relative
+        to a scoped store's tenant, or on the unscoped store to the owner. The unscoped
+        store writes a workflow or execution under the tenant its model names, so it always
+        names it; a child (event, snapshot, work item) may name the wrong tenant, which
+        must be ignored: children take their execution's tenant."""
+        if actor == "U":
+            relative_to, explicit = owner or "A", explicit if child else "own"
+        else:
+            relative_to = actor
         if explicit == "own":
-            return {"tenant_id": self.tenant[owner]}
+            return {"tenant_id": self.tenant[relative_to]}
         if explicit == "other":
-            return {"tenant_id": self.tenant[other(owner)]}
+            return {"tenant_id": self.tenant[other(relative_to)]}
         return {}
+
+    @staticmethod
+    def misnamed(actor: str, explicit: str) -> set[Any]:
+        """A scoped store refuses a model naming another tenant; the unscoped store does not."""
+        return {TenantError} if actor != "U" and explicit == "other" else set()
 
     # ------------------------------------------------------------ set-up
 
@@ -405,7 +419,8 @@ class TenantIsolationMachine(RuleBasedStateMachine):
             assert self.call("U", "create_tenant", tenant).ok
         for role in ("A", "B"):
             self.seed(role)
-        # Limits come after the seed (they may already be reached: creates are then refused).
+        # Limits come after seed()'s objects (they may already be reached: creates are then
+        # refused).
         for role, (executions, workflows) in (("A", limits_a), ("B", limits_b)):
             limits = TenantLimits(max_concurrent_executions=executions, max_workflows=workflows)
             self.limits[role] = limits
@@ -491,16 +506,13 @@ class TenantIsolationMachine(RuleBasedStateMachine):
     ) -> None:
         self.begin()
         owner = role if actor == "U" else actor
-        # The unscoped store writes under the model's tenant: always name it there.
-        kw = self.model_tenant(actor, owner, "own" if actor == "U" else explicit)
+        kw = self.model_tenant(actor, owner, explicit)
         tenant_id = self.tenant[owner]
         workflow_id = self.workflow_ids[wf]
         definition = WorkflowDefinition(
             workflow_id=workflow_id, version=version, ir={"v": ir}, **kw
         )
-        errors: set[Any] = set()
-        if actor != "U" and explicit == "other":
-            errors.add(TenantError)
+        errors = self.misnamed(actor, explicit)
         existing = self.gt.workflows.get((tenant_id, workflow_id, version))
         if existing is not None:
             if existing["ir"] != {"v": ir} and not replace:
@@ -586,7 +598,7 @@ class TenantIsolationMachine(RuleBasedStateMachine):
     ) -> None:
         self.begin()
         owner = role if actor == "U" else actor
-        kw = self.model_tenant(actor, owner, "own" if actor == "U" else explicit)
+        kw = self.model_tenant(actor, owner, explicit)
         tenant_id = self.tenant[owner]
         execution_id, dup_owner = self.pick(self.executions, dup, pick)
         execution = WorkflowExecution(
@@ -596,9 +608,7 @@ class TenantIsolationMachine(RuleBasedStateMachine):
             status=status,
             **kw,
         )
-        errors: set[Any] = set()
-        if actor != "U" and explicit == "other":
-            errors.add(TenantError)
+        errors = self.misnamed(actor, explicit)
         if self.status[owner] is not TenantStatus.ACTIVE:
             errors.add(TenantSuspendedError)
         limit = self.limits[owner].max_concurrent_executions
@@ -610,7 +620,7 @@ class TenantIsolationMachine(RuleBasedStateMachine):
         if limit is not None and status.is_active and active >= limit:
             errors.add(TenantLimitExceededError)
         if dup_owner is not None:
-            errors.add(ConflictError)  # ids are global (design decision 6)
+            errors.add(ConflictError)  # ids are global: another tenant's id is taken
         got = self.call(actor, "create_execution", execution)
         self.expect(got, errors or {OK}, f"{actor}.create_execution for {owner}")
         if got.ok:
@@ -639,12 +649,9 @@ class TenantIsolationMachine(RuleBasedStateMachine):
         current = None if row is None else row["status"]
         wanted = {"none": None, "current": current, "pending": "pending"}[expected]
         kwargs = {} if wanted is None else {"expected": wanted}
-        if not self.visible(actor, owner):
-            self.like_missing(
-                actor, "update_execution_status", target, lambda i: ((i, status), kwargs)
-            )
+        if self.hidden(actor, owner, "update_execution_status", target, on(status, **kwargs)):
             return
-        assert row is not None and owner is not None
+        assert row is not None
         if wanted is not None and current != wanted:
             acceptable: set[Any] = {InvalidTransitionError}
         elif current == status.value:
@@ -676,12 +683,8 @@ class TenantIsolationMachine(RuleBasedStateMachine):
         self.begin()
         target, owner = self.pick(self.executions, whose, pick)
         value = STATES[state]
-        if not self.visible(actor, owner):
-            self.like_missing(
-                actor, "update_execution_current_state", target, lambda i: ((i, value), {})
-            )
+        if self.hidden(actor, owner, "update_execution_current_state", target, on(value)):
             return
-        assert owner is not None
         got = self.call(actor, "update_execution_current_state", target, value)
         self.expect(got, {OK}, f"{actor}.update_execution_current_state on {owner}'s")
         self.allow(owner)
@@ -703,10 +706,8 @@ class TenantIsolationMachine(RuleBasedStateMachine):
     def patch_append_array(self, actor: str, whose: str, pick: int, key: str, value: int) -> None:
         self.begin()
         target, owner = self.pick(self.executions, whose, pick)
-        if not self.visible(actor, owner):
-            self.like_missing(actor, "patch_append_array", target, lambda i: ((i, key, value), {}))
+        if self.hidden(actor, owner, "patch_append_array", target, on(key, value)):
             return
-        assert owner is not None
         state = self.gt.executions[target]["current_state"]
         valid = isinstance(state, dict) and isinstance(state.get(key, []), list)
         got = self.call(actor, "patch_append_array", target, key, value)
@@ -745,10 +746,7 @@ class TenantIsolationMachine(RuleBasedStateMachine):
         target, owner = self.pick(self.executions, whose, pick)
         row = self.gt.executions.get(target)
         latest = 0 if row is None else row["last_sequence"]
-        # Scoped: "own"/"other" relative to the store's tenant. Unscoped: "other" names
-        # the wrong tenant, which must be ignored (children take their execution's tenant).
-        relative_to = actor if actor != "U" else (owner or "A")
-        kw = self.model_tenant(actor, relative_to, explicit)
+        kw = self.model_tenant(actor, owner, explicit, child=True)
         event_id = uuid.uuid4()
         if dup and self.event_ids:
             event_id = self.event_ids[dup_pick % len(self.event_ids)]
@@ -759,15 +757,11 @@ class TenantIsolationMachine(RuleBasedStateMachine):
             event = Event(id=event_id, execution_id=i, kind=kind, **kw)
             return (event,), {"expected_sequence": wanted}
 
-        if not self.visible(actor, owner):
-            # A reused event id may be reported before the execution is looked up.
-            dup_refusal = (ConflictError,) if event_id in self.event_ids else ()
-            self.like_missing(actor, "append_event", target, args, (NotFoundError, *dup_refusal))
+        # A reused event id may be reported before the execution is looked up.
+        dup_refusal = (ConflictError,) if event_id in self.event_ids else ()
+        if self.hidden(actor, owner, "append_event", target, args, (NotFoundError, *dup_refusal)):
             return
-        assert owner is not None
-        errors: set[Any] = set()
-        if actor != "U" and explicit == "other":
-            errors.add(TenantError)
+        errors = self.misnamed(actor, explicit)
         if expected == "wrong":
             errors.add(SequenceConflictError)
         if event_id in self.event_ids:
@@ -804,15 +798,8 @@ class TenantIsolationMachine(RuleBasedStateMachine):
         latest = 0 if row is None else row["last_sequence"]
         wanted = {"none": None, "right": latest, "wrong": latest + 3}[expected]
         kinds = [WorkflowFailed(error=f"probe-{self.counter}-{n}") for n in range(count)]
-        if not self.visible(actor, owner):
-            self.like_missing(
-                actor,
-                "append_events",
-                target,
-                lambda i: ((i, kinds), {"expected_sequence": wanted}),
-            )
+        if self.hidden(actor, owner, "append_events", target, on(kinds, expected_sequence=wanted)):
             return
-        assert owner is not None
         got = self.call(actor, "append_events", target, kinds, expected_sequence=wanted)
         acceptable = {SequenceConflictError} if expected == "wrong" else {OK}
         self.expect(got, acceptable, f"{actor}.append_events on {owner}'s")
@@ -841,20 +828,16 @@ class TenantIsolationMachine(RuleBasedStateMachine):
     ) -> None:
         self.begin()
         target, owner = self.pick(self.executions, whose, pick)
-        relative_to = actor if actor != "U" else (owner or "A")
-        kw = self.model_tenant(actor, relative_to, explicit)
+        kw = self.model_tenant(actor, owner, explicit, child=True)
         value = STATES[state]
 
         def args(i: uuid.UUID) -> tuple[tuple[Any, ...], dict[str, Any]]:
             return (Snapshot(execution_id=i, at_sequence=at_sequence, state=value, **kw),), {}
 
-        if not self.visible(actor, owner):
-            self.like_missing(actor, "write_snapshot", target, args)
+        if self.hidden(actor, owner, "write_snapshot", target, args):
             return
-        assert owner is not None
-        refused = actor != "U" and explicit == "other"
         got = self.call(actor, "write_snapshot", *args(target)[0])
-        self.expect(got, {TenantError} if refused else {OK}, f"{actor}.write_snapshot")
+        self.expect(got, self.misnamed(actor, explicit) or {OK}, f"{actor}.write_snapshot")
         if got.ok:
             self.allow(owner)
             tenant_id = self.tenant[owner]
@@ -958,8 +941,7 @@ class TenantIsolationMachine(RuleBasedStateMachine):
     ) -> None:
         self.begin()
         target, owner = self.pick(self.executions, whose, pick)
-        relative_to = actor if actor != "U" else (owner or "A")
-        kw = self.model_tenant(actor, relative_to, explicit)
+        kw = self.model_tenant(actor, owner, explicit, child=True)
         item_id, dup_owner = self.pick(self.items, dup, dup_pick)
         available_at = self.clock.now + timedelta(seconds=5) if delayed else None
 
@@ -977,16 +959,11 @@ class TenantIsolationMachine(RuleBasedStateMachine):
             )
             return (item,), {}
 
-        if not self.visible(actor, owner):
-            dup_refusal = (ConflictError,) if dup_owner is not None else ()
-            self.like_missing(
-                actor, "enqueue_work_item", target, args, (NotFoundError, *dup_refusal)
-            )
+        dup_refusal = (ConflictError,) if dup_owner is not None else ()
+        allowed = (NotFoundError, *dup_refusal)
+        if self.hidden(actor, owner, "enqueue_work_item", target, args, allowed):
             return
-        assert owner is not None
-        errors: set[Any] = set()
-        if actor != "U" and explicit == "other":
-            errors.add(TenantError)
+        errors = self.misnamed(actor, explicit)
         if self.status[owner] is not TenantStatus.ACTIVE:
             errors.add(TenantSuspendedError)
         if self.gt.executions[target]["status"] in TERMINAL_STATUSES:
@@ -1036,7 +1013,7 @@ class TenantIsolationMachine(RuleBasedStateMachine):
                 and row["queue_type"] in types
                 and row["available_at"] <= now
             ),
-            key=claim_key,
+            key=lambda row: (-row["priority"], row["created_at"]),
         )
         if single:
             got = self.call(actor, "claim_work_item", worker, types)
@@ -1094,16 +1071,9 @@ class TenantIsolationMachine(RuleBasedStateMachine):
         target, owner = self.pick(self.items, whose, pick)
         kwargs = self._holder_args(target, worker, fence)
         worker_id = kwargs.pop("worker_id")
-        if not self.visible(actor, owner):
-            self.like_missing(
-                actor,
-                "renew_lease",
-                target,
-                lambda i: ((i, worker_id), kwargs),
-                allowed=(NotFoundError, LeaseLostError),
-            )
+        lost = (NotFoundError, LeaseLostError)
+        if self.hidden(actor, owner, "renew_lease", target, on(worker_id, **kwargs), lost):
             return
-        assert owner is not None
         row = self.gt.items[target]
         now = self.clock.now
         valid = (
@@ -1126,10 +1096,8 @@ class TenantIsolationMachine(RuleBasedStateMachine):
         self.begin()
         target, owner = self.pick(self.items, whose, pick)
         kwargs = self._holder_args(target, worker, fence)
-        if not self.visible(actor, owner):
-            self.like_missing(actor, "complete_work_item", target, lambda i: ((i,), kwargs))
+        if self.hidden(actor, owner, "complete_work_item", target, on(**kwargs)):
             return
-        assert owner is not None
         row = self.gt.items[target]
         match = self._matches(row, kwargs)
         if row["status"] == "completed":
@@ -1215,10 +1183,8 @@ class TenantIsolationMachine(RuleBasedStateMachine):
         kwargs = self._holder_args(target, worker, fence)
         if retry is not None:
             kwargs["retry_in"] = timedelta(seconds=retry)
-        if not self.visible(actor, owner):
-            self.like_missing(actor, "fail_work_item", target, lambda i: ((i, "boom"), kwargs))
+        if self.hidden(actor, owner, "fail_work_item", target, on("boom", **kwargs)):
             return
-        assert owner is not None
         row = self.gt.items[target]
         got = self.call(actor, "fail_work_item", target, "boom", **kwargs)
         if row["status"] != "claimed" or not self._matches(row, kwargs):
@@ -1238,10 +1204,8 @@ class TenantIsolationMachine(RuleBasedStateMachine):
     def move_to_dead_letter(self, actor: str, whose: str, pick: int) -> None:
         self.begin()
         target, owner = self.pick(self.items, whose, pick)
-        if not self.visible(actor, owner):
-            self.like_missing(actor, "move_to_dead_letter", target, lambda i: ((i, "dead"), {}))
+        if self.hidden(actor, owner, "move_to_dead_letter", target, on("dead")):
             return
-        assert owner is not None
         completed = self.gt.items[target]["status"] == "completed"
         got = self.call(actor, "move_to_dead_letter", target, "dead")
         self.expect(got, {InvalidTransitionError} if completed else {OK}, "move_to_dead_letter")
@@ -1252,10 +1216,8 @@ class TenantIsolationMachine(RuleBasedStateMachine):
     def requeue_dead_letter(self, actor: str, whose: str, pick: int) -> None:
         self.begin()
         target, owner = self.pick(self.items, whose, pick)
-        if not self.visible(actor, owner):
-            self.like_missing(actor, "requeue_dead_letter", target, lambda i: ((i,), {}))
+        if self.hidden(actor, owner, "requeue_dead_letter", target, on()):
             return
-        assert owner is not None
         row = self.gt.items[target]
         execution_status = self.gt.executions[row["execution_id"]]["status"]
         valid = row["status"] == "dead_lettered" and execution_status not in TERMINAL_STATUSES
@@ -1372,10 +1334,8 @@ class TenantIsolationMachine(RuleBasedStateMachine):
     def revoke_token(self, actor: str, whose: str, pick: int) -> None:
         self.begin()
         token_id, owner = self.pick(self.tokens, whose, pick)
-        if not self.visible(actor, owner):
-            self.like_missing(actor, "revoke_token", token_id, lambda i: ((i,), {}))
+        if self.hidden(actor, owner, "revoke_token", token_id, on()):
             return
-        assert owner is not None
         got = self.call(actor, "revoke_token", token_id)
         self.expect(got, {OK}, f"{actor}.revoke_token")
         self.allow(owner)
@@ -1410,7 +1370,7 @@ class TenantIsolationMachine(RuleBasedStateMachine):
         else:
             ghost = f"y-{uuid.uuid4().hex[:8]}"
             baseline = self.call(actor, "get_tenant", ghost)
-            assert got.masked({target: "<t>"}) == baseline.masked({ghost: "<t>"})
+            assert_like_missing(f"{actor}.get_tenant", got, target, baseline, ghost)
             self.expect(got, {TenantError}, f"{actor}.get_tenant of another tenant")
         self.expect(self.call(actor, "list_tenants"), {TenantError}, f"{actor}.list_tenants")
         renamed = Tenant(id=target, name="hijacked", status=TenantStatus.SUSPENDED)
@@ -1573,18 +1533,12 @@ def describe_change(before: dict[str, Any], after: dict[str, Any], keys: set[str
 # ---------------------------------------------------------------- running the machine
 
 
-async def _migrate(url: str) -> None:
-    store = await StateStore.open(url)
-    await store.close()
-
-
 @pytest.fixture
-def sync_database_url(backend: str, tmp_path: Path, pg_url: str | None) -> str:
+def sync_database_url(pg_url: str | None, sqlite_url: str | None) -> str:
     """A migrated database for the sync property tests (``database_url`` is async)."""
     if pg_url is None:
-        url = f"sqlite:///{tmp_path / 'state.db'}"
-        asyncio.run(_migrate(url))
-        return url
+        assert sqlite_url is not None
+        return sqlite_url
     asyncio.run(reset_pg(pg_url))
     return pg_url
 
@@ -1597,7 +1551,7 @@ def run_machine(url: str, examples: int, steps: int) -> None:
     # would double the run time); PostgreSQL: on the store's own engine.
     sync_engine = create_engine(url) if url.startswith("sqlite") else None
     try:
-        clock = Clock()
+        clock = Clock(T0)
         store = loop.run_until_complete(StateStore.connect(url, clock=clock))
 
         async def read(tenant_ids: list[str], token_ids: list[uuid.UUID]) -> Truth:
@@ -1646,11 +1600,6 @@ def test_tenant_isolation_state_machine_volume(sync_database_url: str) -> None:
 
 async def truth_of(store: StateStore, *tenant_ids: str) -> Truth:
     return await read_truth(store.engine, list(tenant_ids))
-
-
-async def count(store: StateStore, table: str) -> int:
-    async with store.engine.connect() as conn:
-        return int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
 
 
 async def test_filter_fails_closed(store: StateStore) -> None:
@@ -1753,7 +1702,7 @@ async def _tenant_with_everything(
 async def test_every_method_on_foreign_ids_is_missing(make_store: StoreFactory) -> None:
     """Tenant A's store, given tenant B's ids, behaves exactly as if they did not exist
     (same error and message, or the same empty result) and changes nothing of B."""
-    clock = Clock()
+    clock = Clock(T0)
     store = await make_store(clock=clock)
     await store.create_tenant(Tenant(id="ta", name="A"))
     b = await _tenant_with_everything(store, clock, "tb")
@@ -1764,98 +1713,67 @@ async def test_every_method_on_foreign_ids_is_missing(make_store: StoreFactory) 
     worker = b["worker"]
     before = (await truth_of(store, "tb")).of_tenant("tb")
 
-    async def same_as_missing(
-        method: str, foreign: uuid.UUID, make: Callable[[uuid.UUID], tuple[Any, ...]], **kw: Any
-    ) -> Outcome:
-        got = await attempt(getattr(a, method)(*make(foreign), **kw))
-        ghost = uuid.uuid4()
-        baseline = await attempt(getattr(a, method)(*make(ghost), **kw))
-        assert got.masked({str(foreign): "<id>"}) == baseline.masked({str(ghost): "<id>"}), (
-            f"{method}: foreign {got!r} vs missing {baseline!r}"
-        )
-        return got
-
-    cases: list[tuple[str, uuid.UUID, Callable[..., tuple[Any, ...]], dict[str, Any], Any]] = [
-        ("get_execution", eid, lambda i: (i,), {}, None),
-        ("get_events", eid, lambda i: (i,), {}, []),
-        ("get_events_since", eid, lambda i: (i, 0), {"limit": 5}, []),
-        ("latest_sequence", eid, lambda i: (i,), {}, 0),
-        ("latest_snapshot", eid, lambda i: (i,), {}, None),
-        ("list_work_items", eid, lambda i: (i,), {}, []),
-        ("update_execution_status", eid, lambda i: (i, "cancelled"), {}, NotFoundError),
-        (
-            "update_execution_status",
-            eid,
-            lambda i: (i, "cancelled"),
-            {"expected": "pending"},
-            NotFoundError,
-        ),
-        ("update_execution_current_state", eid, lambda i: (i, {"x": 1}), {}, NotFoundError),
-        ("patch_append_array", eid, lambda i: (i, "items", 1), {}, NotFoundError),
+    failed = WorkflowFailed(error="x")
+    lost = (NotFoundError, LeaseLostError)
+    cases: list[tuple[str, uuid.UUID, ArgsOf, Any]] = [
+        ("get_execution", eid, on(), None),
+        ("get_events", eid, on(), []),
+        ("get_events_since", eid, on(0, limit=5), []),
+        ("latest_sequence", eid, on(), 0),
+        ("latest_snapshot", eid, on(), None),
+        ("list_work_items", eid, on(), []),
+        ("update_execution_status", eid, on("cancelled"), NotFoundError),
+        ("update_execution_status", eid, on("cancelled", expected="pending"), NotFoundError),
+        ("update_execution_current_state", eid, on({"x": 1}), NotFoundError),
+        ("patch_append_array", eid, on("items", 1), NotFoundError),
+        ("append_event", eid, model(lambda i: Event(execution_id=i, kind=failed)), NotFoundError),
         (
             "append_event",
             eid,
-            lambda i: (Event(execution_id=i, kind=WorkflowFailed(error="x")),),
-            {},
+            model(lambda i: Event(execution_id=i, kind=failed), expected_sequence=1),
             NotFoundError,
         ),
-        (
-            "append_event",
-            eid,
-            lambda i: (Event(execution_id=i, kind=WorkflowFailed(error="x")),),
-            {"expected_sequence": 1},
-            NotFoundError,
-        ),
-        ("append_events", eid, lambda i: (i, [WorkflowFailed(error="x")]), {}, NotFoundError),
-        ("append_events", eid, lambda i: (i, []), {}, NotFoundError),
+        ("append_events", eid, on([failed]), NotFoundError),
+        ("append_events", eid, on([]), NotFoundError),
         (
             "write_snapshot",
             eid,
-            lambda i: (Snapshot(execution_id=i, at_sequence=1, state={"x": 1}),),
-            {},
+            model(lambda i: Snapshot(execution_id=i, at_sequence=1, state={"x": 1})),
             NotFoundError,
         ),
         (
             "enqueue_work_item",
             eid,
-            lambda i: (WorkItem(execution_id=i, node_id="n", queue_type=b["queue"]),),
-            {},
+            model(lambda i: WorkItem(execution_id=i, node_id="n", queue_type=b["queue"])),
             NotFoundError,
         ),
-        ("revoke_token", b["token"].id, lambda i: (i,), {}, NotFoundError),
+        ("revoke_token", b["token"].id, on(), NotFoundError),
     ]
     for item in items.values():
+        fence = item.lease_fence
         cases += [
-            ("get_work_item", item.id, lambda i: (i,), {}, None),
-            ("move_to_dead_letter", item.id, lambda i: (i, "x"), {}, NotFoundError),
-            ("requeue_dead_letter", item.id, lambda i: (i,), {}, NotFoundError),
-            ("complete_work_item", item.id, lambda i: (i,), {}, NotFoundError),
-            (
-                "complete_work_item",
-                item.id,
-                lambda i: (i,),
-                {"worker_id": worker, "lease_fence": item.lease_fence},
-                NotFoundError,
-            ),
-            ("fail_work_item", item.id, lambda i: (i, "x"), {}, NotFoundError),
+            ("get_work_item", item.id, on(), None),
+            ("move_to_dead_letter", item.id, on("x"), NotFoundError),
+            ("requeue_dead_letter", item.id, on(), NotFoundError),
+            ("complete_work_item", item.id, on(), NotFoundError),
+            ("complete_work_item", item.id, on(worker_id=worker, lease_fence=fence), NotFoundError),
+            ("fail_work_item", item.id, on("x"), NotFoundError),
             (
                 "fail_work_item",
                 item.id,
-                lambda i: (i, "x"),
-                {"retry_in": timedelta(0), "worker_id": worker},
+                on("x", retry_in=timedelta(0), worker_id=worker),
                 NotFoundError,
             ),
-            ("renew_lease", item.id, lambda i: (i, worker), {}, (NotFoundError, LeaseLostError)),
-            (
-                "renew_lease",
-                item.id,
-                lambda i: (i, worker),
-                {"lease_fence": item.lease_fence},
-                (NotFoundError, LeaseLostError),
-            ),
+            ("renew_lease", item.id, on(worker), lost),
+            ("renew_lease", item.id, on(worker, lease_fence=fence), lost),
         ]
-    for method, foreign, make, kw, expected in cases:
-        got = await same_as_missing(method, foreign, make, **kw)
+    for method, foreign, args_of, expected in cases:
+        args, kw = args_of(foreign)
+        got = await attempt(getattr(a, method)(*args, **kw))
+        ghost = uuid.uuid4()
+        args, kw = args_of(ghost)
+        baseline = await attempt(getattr(a, method)(*args, **kw))
+        assert_like_missing(method, got, foreign, baseline, ghost)
         if isinstance(expected, type | tuple):
             assert got.error is not None and isinstance(got.error, expected), (method, got)
         else:
@@ -1885,7 +1803,7 @@ async def test_every_method_on_foreign_ids_is_missing(make_store: StoreFactory) 
     )
     with pytest.raises(TenantError):
         a.for_tenant("tb")
-    # Ids are global (decision 6): reusing B's execution id is a conflict, B unchanged.
+    # Ids are global, not per tenant: reusing B's execution id is a conflict, B unchanged.
     with pytest.raises(ConflictError):
         await a.create_execution(
             WorkflowExecution(execution_id=eid, workflow_id="wf", workflow_version="1")
@@ -1951,7 +1869,7 @@ async def test_unknown_tenant_store(store: StateStore) -> None:
 async def test_suspended_tenant(make_store: StoreFactory, status: TenantStatus) -> None:
     """New executions, enqueues and tokens are refused (scoped and unscoped); reads work;
     claimed work drains; other tenants carry on."""
-    clock = Clock()
+    clock = Clock(T0)
     store = await make_store(clock=clock)
     await store.create_tenant(Tenant(id="t", name="T"))
     await store.create_tenant(Tenant(id="u", name="U"))
@@ -2084,8 +2002,9 @@ async def test_limits_hold_under_concurrent_creates(
 
 
 async def test_every_id_the_store_makes_is_a_random_uuid4(store: StateStore) -> None:
-    """Design decisions 6 and 14: a scoped store may learn that an id exists in another
-    tenant (``ConflictError`` on create), which is safe only because no id can be guessed.
+    """Ids are global, not per tenant, so a scoped store may learn that an id exists in
+    another tenant (``ConflictError`` on create); that is safe only because no id can be
+    guessed (and an id derived later must be derived from ids its own tenant owns).
     Every id the store and its models make (none given by the caller) is a random version 4
     UUID, in the API and in every table, and none repeats; no id is derived from another."""
     await store.create_tenant(Tenant(id="acme", name="Acme"))
@@ -2115,7 +2034,7 @@ async def test_every_id_the_store_makes_is_a_random_uuid4(store: StateStore) -> 
     assert len(set(made)) == len(made)
     not_random = [i for i in made if i.version != 4 or i.variant != uuid.RFC_4122]
     assert not_random == []
-    # Decision 6 as it stands: another tenant's id is a conflict, not a second row.
+    # Ids are global: another tenant's id is a conflict, not a second row.
     with pytest.raises(ConflictError):
         await store.for_tenant("acme").create_execution(
             WorkflowExecution(execution_id=made[0], workflow_id="wf", workflow_version="1")
@@ -2147,8 +2066,9 @@ def _raw_sql_uses(path: Path) -> list[str]:
 
 
 def test_repositories_use_no_sql_the_filter_cannot_see() -> None:
-    """Design decision 1: raw/Core SQL on tenant-owned tables lives only in
-    statestore/db/queries.py; repositories go through the session filter."""
+    """Raw and Core SQL on tenant-owned tables lives only in statestore/db/queries.py, whose
+    statements each take the tenant scope as a required argument; repositories go through
+    the session's tenant filter."""
     modules = sorted(REPOSITORIES.glob("*.py"))
     assert modules, REPOSITORIES
     found = [use for path in modules for use in _raw_sql_uses(path)]

@@ -50,6 +50,7 @@ def execution(tenant_id: str | None = None, **kw: object) -> WorkflowExecution:
 # ---------------------------------------------------------------- operator CRUD
 
 
+@pytest.mark.memory
 async def test_default_tenant_exists_after_migration(store: StateStore) -> None:
     default = await store.get_tenant("default")
     assert isinstance(default, Tenant)
@@ -58,6 +59,7 @@ async def test_default_tenant_exists_after_migration(store: StateStore) -> None:
     assert [t.id for t in await store.list_tenants()] == ["default"]
 
 
+@pytest.mark.memory
 async def test_create_and_get(make_store: StoreFactory) -> None:
     store = await make_store(clock=Clock())
     tenant = Tenant(
@@ -108,6 +110,7 @@ async def test_list_by_id(store: StateStore) -> None:
     assert [t.name for t in tenants if t.id != "default"] == ["ALPHA", "BETA", "MID", "ZETA"]
 
 
+@pytest.mark.memory
 async def test_update(make_store: StoreFactory) -> None:
     clock = Clock()
     store = await make_store(clock=clock)
@@ -204,6 +207,7 @@ async def test_for_tenant_on_scoped_store(store: StateStore) -> None:
     assert scoped.tenant_id == "t"
 
 
+@pytest.mark.memory
 async def test_scoped_store_stamps_its_tenant(store: StateStore) -> None:
     await store.create_tenant(Tenant(id="t", name="T"))
     scoped = store.for_tenant("t")
@@ -242,6 +246,7 @@ async def test_unscoped_events_belong_to_the_executions_tenant(store: StateStore
     assert [e.tenant_id for e in events] == ["acme", "acme"]
 
 
+@pytest.mark.memory
 async def test_scoped_store_cannot_see_other_tenants_execution(store: StateStore) -> None:
     await store.create_tenant(Tenant(id="t", name="T"))
     other = execution(current_state={"items": []})
@@ -371,6 +376,7 @@ async def test_inactive_tenant_dead_letters_are_not_requeued(
     assert requeued is not None and requeued.status is WorkItemStatus.PENDING
 
 
+@pytest.mark.memory
 @pytest.mark.parametrize("status", [TenantStatus.SUSPENDED, TenantStatus.ARCHIVED])
 async def test_inactive_tenant_pending_items_wait_until_reactivated(
     store: StateStore, status: TenantStatus
@@ -441,6 +447,7 @@ async def test_unknown_tenant_refuses_new_executions(store: StateStore) -> None:
     assert await count(store, "workflow_executions") == 0
 
 
+@pytest.mark.memory
 async def test_max_concurrent_executions(store: StateStore) -> None:
     limits = TenantLimits(max_concurrent_executions=2)
     await store.create_tenant(Tenant(id="t", name="T", limits=limits))

@@ -30,6 +30,7 @@ async def tstore(make_store: Any, clock: Clock) -> StateStore:
     return store
 
 
+@pytest.mark.memory
 async def test_token_format_and_record(tstore: StateStore) -> None:
     token, record = await tstore.create_token("ci", "developer")
     prefix, token_id, secret = token.split("_", 2)
@@ -44,6 +45,7 @@ async def test_token_format_and_record(tstore: StateStore) -> None:
         await tstore.create_token("", "viewer")
 
 
+@pytest.mark.memory
 async def test_validate_returns_the_token_with_its_real_tenant(tstore: StateStore) -> None:
     token, record = await tstore.for_tenant("acme").create_token("svc", TokenRole.OPERATOR)
     found = await tstore.validate_token(token)  # unscoped: any tenant (W-10)
@@ -81,6 +83,7 @@ async def test_wrong_secret_unknown_id_and_non_strings_are_none(tstore: StateSto
         assert await tstore.validate_token(value) is None  # type: ignore[arg-type]
 
 
+@pytest.mark.memory
 async def test_expired_and_revoked_tokens_are_none(tstore: StateStore, clock: Clock) -> None:
     short, short_record = await tstore.create_token(
         "short", "viewer", expires_in=timedelta(hours=1)
@@ -117,6 +120,7 @@ async def test_last_used_at_is_written_at_most_once_a_minute(
     assert stored.last_used_at == T0 + timedelta(seconds=60)
 
 
+@pytest.mark.memory
 async def test_suspended_tenant_tokens_and_creation(tstore: StateStore) -> None:
     scoped = tstore.for_tenant("acme")
     token, _ = await scoped.create_token("svc", "viewer")
@@ -129,6 +133,7 @@ async def test_suspended_tenant_tokens_and_creation(tstore: StateStore) -> None:
         await scoped.create_token("more", "viewer")
 
 
+@pytest.mark.memory
 async def test_list_tokens_is_scoped_and_oldest_first(tstore: StateStore, clock: Clock) -> None:
     _, a = await tstore.create_token("a", "viewer")
     clock.now = T0 + timedelta(seconds=1)

@@ -67,13 +67,13 @@ class DriverStatement:
         """Run with ``params``; the decoded rows (empty for statements without rows)."""
         compiled = self._compiled_for(connection.dialect)
         args = _bind_args(compiled, params)
-        return _run(connection, compiled, args)
+        return _execute_and_decode(connection, compiled, args)
 
     def execute_many(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run once per parameter set (``executemany``); for statements without rows."""
         compiled = self._compiled_for(connection.dialect)
         batch = [_bind_args(compiled, params) for params in rows]
-        _run(connection, compiled, batch, many=True)
+        _execute_and_decode(connection, compiled, batch, many=True)
 
     def _compiled_for(self, dialect: Dialect) -> _Compiled:
         # The processors depend on the dialect and on the engine's JSON (de)serialisers.
@@ -136,17 +136,19 @@ def _result_processor(column_type: TypeEngine[Any], dialect: Dialect) -> Process
     return column_type.dialect_impl(dialect).result_processor(dialect, None)
 
 
-def _run(
+def _execute_and_decode(
     connection: Connection, compiled: _Compiled, args: Any, *, many: bool = False
 ) -> list[Any]:
+    """Run the statement (on the cursor, or through SQLAlchemy's execution when listeners
+    want to see it); its rows as named tuples, decoded by the result processors."""
     dispatch = connection.dispatch
     instrumented = dispatch.before_cursor_execute or dispatch.after_cursor_execute
     if instrumented or connection.dialect.dispatch.handle_error:
         # Instrumented (tracing, statement rewriting, tests capturing the SQL): listeners
         # get SQLAlchemy's own execution, with a real context, for the same SQL.
-        rows = _run_instrumented(connection, compiled, args, many)
+        rows = _execute_through_sqlalchemy(connection, compiled, args, many)
     else:
-        rows = _run_on_cursor(connection, compiled, args, many)
+        rows = _execute_on_cursor(connection, compiled, args, many)
     make = compiled.row_type
     if make is None:
         return []
@@ -162,7 +164,7 @@ def _run(
     ]
 
 
-def _run_on_cursor(
+def _execute_on_cursor(
     connection: Connection, compiled: _Compiled, args: Any, many: bool
 ) -> Sequence[Any]:
     dbapi_connection = connection.connection.dbapi_connection
@@ -180,7 +182,7 @@ def _run_on_cursor(
         cursor.close()
 
 
-def _run_instrumented(
+def _execute_through_sqlalchemy(
     connection: Connection, compiled: _Compiled, args: Any, many: bool
 ) -> Sequence[Any]:
     result = connection.exec_driver_sql(compiled.sql, list(args) if many else args)

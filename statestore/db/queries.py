@@ -1,23 +1,39 @@
-"""Hot-path statements, prebuilt once as SQLAlchemy Core constructs (design decision 1).
+"""The store's own SQL: the hot-path statements, the rules they are guarded by, and the one
+statement that differs by dialect outside the engine set-up (the snapshot upsert).
 
-The ORM layer costs 2-4x the Core statement on these small statements (building the
-statement, the ORM-enabled execution path and its bulk-persistence bookkeeping on every
-call), and SQLAlchemy's execution machinery costs as much again as the driver. Each
-statement here is built once per tenant mode, compiled once per dialect, and run on the
-session connection's DBAPI cursor with fresh parameters (:mod:`statestore.db.driver`).
+**Statements.** Each is an ORM-enabled construct on the mapped classes of
+:mod:`statestore.db.schema`, built on first use for its shape (e.g. how many queue types a
+claim names, whether the scope is one tenant) and kept (:func:`_prepared`), compiled once
+per dialect and run on the session connection's DBAPI cursor (:mod:`statestore.db.driver`):
+SQLAlchemy's per-call ORM execution costs 2-4x these small statements. Functions take plain
+values; JSON columns are given as their checked JSON text (``validation.json_text``), which
+is bound as is.
 
-The session-level tenant filter does not see Core statements, so this module is the one
-reviewed place where the tenant predicate is written by hand: every function takes the
-session, reads its :class:`~statestore.db.tenancy.Scope` (failing closed like the filter),
-and uses the statement variant that carries ``tenant_id = :tenant`` unless the scope is the
-unscoped store's "all tenants". The tenant-isolation property test exercises every function.
+**Tenancy.** The scoped form of a statement is confined by
+:func:`statestore.db.tenancy.confine`, the function the session filter applies to every ORM
+statement, with the tenant as the bound parameter ``:p_tenant``; the unscoped store's "all
+tenants" runs the statement as built. Every function reads the session's scope first, so it
+fails closed like the filter.
+
+**Rules.** Each rule is written here once, in SQL, as named terms: :func:`_tenant_active`
+(a tenant takes new work), :func:`_new_work_terms` (an execution takes new work),
+:func:`_lease_terms` (an item is claimed and held by a lease), :func:`_lease_expired`, and
+:func:`_complete` (what completing an item writes). A guarded write changes nothing when one
+term is false; it then returns :class:`Refused` with the row it was about, read back with
+each term as a named boolean column, and the repository turns the first false term into its
+error. That read is a second statement, on the refusal path only: SQLite cannot hold an
+``UPDATE`` or ``INSERT`` in a CTE, and its writer holds the database write lock, so the read
+sees exactly what the write saw. On PostgreSQL a row changed by another transaction in
+between can show every term true; each caller reports that as "changed meanwhile".
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime
+from enum import Enum
+from functools import cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -25,7 +41,8 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Executable,
-    Table,
+    SQLColumnExpression,
+    String,
     Text,
     Update,
     and_,
@@ -33,52 +50,56 @@ from sqlalchemy import (
     cast,
     func,
     insert,
+    inspect,
     literal_column,
+    or_,
     select,
     text,
-    tuple_,
+    true,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.sql.elements import Label
 
 from statestore.db.driver import DriverStatement, RawValue
 from statestore.db.schema import (
     ApiTokenRow,
+    Base,
     EffectRow,
     EventRow,
     ExecutionRow,
+    SnapshotRow,
     TenantRow,
     WorkItemRow,
 )
-from statestore.db.tenancy import session_scope
+from statestore.db.tenancy import confine, session_scope
 from statestore.db.types import UTCDateTime
-from statestore.models import TenantStatus, WorkflowStatus
+from statestore.models import TenantStatus, WorkflowStatus, WorkItemStatus
 
-_executions: Table = ExecutionRow.__table__  # type: ignore[assignment]
-_events: Table = EventRow.__table__  # type: ignore[assignment]
-_tokens: Table = ApiTokenRow.__table__  # type: ignore[assignment]
-_tenants: Table = TenantRow.__table__  # type: ignore[assignment]
+TENANT = "p_tenant"
+"""The bound parameter carrying the tenant in the scoped form of a statement."""
 
 
-class _Variants(NamedTuple):
-    all_tenants: DriverStatement
-    one_tenant: DriverStatement
+@cache
+def row_columns(entity: type[Base]) -> tuple[InstrumentedAttribute[Any], ...]:
+    """Every mapped column of ``entity`` as an ORM attribute, in table order: selecting them
+    gives rows with the same attribute names as the ORM object, but loads no object, and the
+    statement stays ORM-enabled (so the tenant filter sees it)."""
+    return tuple(getattr(entity, column.key) for column in inspect(entity).column_attrs)
 
 
-TenantPredicate = Callable[[Table], list[ColumnElement[bool]]]
-"""Given a table, the WHERE terms confining it to the tenant (none for all tenants)."""
+# ---------------------------------------------------------------- running a statement
 
 
-def _variants(build: Callable[[TenantPredicate], Executable]) -> _Variants:
-    """Build a statement twice: without a tenant predicate, and with ``tenant_id = :tenant``."""
-
-    def no_tenant(_table: Table) -> list[ColumnElement[bool]]:
-        return []
-
-    def one_tenant(table: Table) -> list[ColumnElement[bool]]:
-        return [table.c.tenant_id == bindparam("p_tenant")]
-
-    return _Variants(DriverStatement(build(no_tenant)), DriverStatement(build(one_tenant)))
+@cache
+def _prepared(build: Callable[..., Executable], scoped: bool, *shape: Hashable) -> DriverStatement:
+    """The statement ``build(*shape)``, confined to the tenant ``:p_tenant`` if ``scoped``;
+    built once per shape, compiled once per dialect on first use."""
+    statement = build(*shape)
+    if scoped:
+        statement = confine(statement, bindparam(TENANT))
+    return DriverStatement(statement)
 
 
 def _connection(session: Session) -> Connection:
@@ -90,152 +111,257 @@ def _connection(session: Session) -> Connection:
     return session.connection()
 
 
-def _run(session: Session, variants: _Variants, params: dict[str, Any]) -> list[Any]:
+def _in_scope(
+    session: Session, build: Callable[..., Executable], params: dict[str, Any], *shape: Hashable
+) -> list[Any]:
+    """Run ``build(*shape)`` with ``params``, confined to the session's tenant (not confined
+    on the unscoped store); the rows it returns."""
     tenant_id = session_scope(session).tenant_id
-    if tenant_id is None:
-        return variants.all_tenants.execute(_connection(session), params)
-    return variants.one_tenant.execute(_connection(session), {**params, "p_tenant": tenant_id})
+    if tenant_id is not None:
+        params[TENANT] = tenant_id
+    statement = _prepared(build, tenant_id is not None, *shape)
+    return statement.execute(_connection(session), params)
+
+
+def _as_built(
+    session: Session, build: Callable[..., Executable], params: dict[str, Any], *shape: Hashable
+) -> list[Any]:
+    """Run ``build(*shape)`` unconfined: inserts whose ``tenant_id`` the caller resolved,
+    and tenants (which belong to no tenant). Still fails closed without a scope."""
+    session_scope(session)
+    return _prepared(build, False, *shape).execute(_connection(session), params)
 
 
 def _first(rows: list[Any]) -> Any:
     return rows[0] if rows else None
 
 
-def _reserve(tenant: TenantPredicate, expecting: bool) -> Update:
-    """Bump an execution's ``last_sequence`` by ``:p_count`` (only if it is ``:p_expected``,
-    when ``expecting``), returning the new value and the execution's tenant."""
-    conditions = [_executions.c.id == bindparam("p_execution_id"), *tenant(_executions)]
-    if expecting:
-        conditions.append(_executions.c.last_sequence == bindparam("p_expected", type_=BigInteger))
-    return (
-        update(_executions)
-        .where(*conditions)
-        .values(last_sequence=_executions.c.last_sequence + bindparam("p_count", type_=BigInteger))
-        .returning(_executions.c.last_sequence, _executions.c.tenant_id)
+class Refused(NamedTuple):
+    """What a guarded write returns when it changed nothing. ``subject``: the row it was
+    about, read back with the terms of its rule as named boolean columns (each function
+    says which), or ``None`` if that row is missing in this scope."""
+
+    subject: Any
+
+
+def _literal(value: Enum) -> ColumnElement[str]:
+    # Literals, not bound parameters: PostgreSQL then plans the claim on the partial index
+    # of pending items (a bound status makes a generic plan skip it).
+    return literal_column(f"'{value.value}'")
+
+
+PENDING = _literal(WorkItemStatus.PENDING)
+CLAIMED = _literal(WorkItemStatus.CLAIMED)
+COMPLETED = _literal(WorkItemStatus.COMPLETED)
+DEAD_LETTERED = _literal(WorkItemStatus.DEAD_LETTERED)
+ACTIVE = _literal(TenantStatus.ACTIVE)
+FINISHED = [_literal(status) for status in WorkflowStatus if status.is_terminal]
+
+
+# ---------------------------------------------------------------- tenants
+
+
+def is_active(status: SQLColumnExpression[str]) -> ColumnElement[bool]:
+    """The one definition of "a tenant with this status takes new work"."""
+    return status == ACTIVE
+
+
+def _tenant_status(tenant_id: SQLColumnExpression[str]) -> ColumnElement[str]:
+    """``(SELECT status FROM tenants WHERE id = <tenant_id>)``: one primary-key probe per
+    candidate row. PostgreSQL would turn an ``EXISTS`` into a join, which can cost the claim
+    its ordered scan of the partial index."""
+    return select(TenantRow.status).where(TenantRow.id == tenant_id).scalar_subquery()
+
+
+def _tenant_active(tenant_id: SQLColumnExpression[str]) -> ColumnElement[bool]:
+    """Whether the tenant of a row takes new work (enqueue, claim)."""
+    return is_active(_tenant_status(tenant_id))
+
+
+def _tenant(lock: bool) -> Executable:
+    statement = select(
+        TenantRow.id,
+        TenantRow.status,
+        TenantRow.limits,
+        is_active(TenantRow.status).label("active"),
+    ).where(TenantRow.id == bindparam("p_id"))
+    return statement.with_for_update() if lock else statement
+
+
+def select_tenant(session: Session, tenant_id: str, *, lock: bool = False) -> Any:
+    """A tenant's (id, status, limits, active), or ``None``; ``active``: it takes new work.
+    ``lock`` takes its row lock until commit on PostgreSQL (SQLite's writer already holds
+    the database write lock). Every scope may read its tenant's status and limits."""
+    return _first(_as_built(session, _tenant, {"p_id": tenant_id}, lock))
+
+
+# ---------------------------------------------------------------- executions
+
+
+def _execution() -> Executable:
+    return select(*row_columns(ExecutionRow)).where(ExecutionRow.id == bindparam("p_id"))
+
+
+def select_execution(session: Session, execution_id: uuid.UUID) -> Any:
+    """An execution's row, or ``None`` if missing in this scope."""
+    return _first(_in_scope(session, _execution, {"p_id": execution_id}))
+
+
+def _insert(entity: type[Base]) -> Executable:
+    """``INSERT`` of one row, every column a bound parameter named after it."""
+    return insert(entity).values(
+        {attr.key: bindparam(attr.key, type_=attr.type) for attr in row_columns(entity)}
     )
 
 
-_RESERVE = {
-    expecting: _variants(lambda tenant, e=expecting: _reserve(tenant, e))  # type: ignore[misc]
-    for expecting in (False, True)
-}
+def insert_execution(session: Session, values: dict[str, Any]) -> None:
+    """Insert an execution row (``values``: every column, its ``tenant_id`` resolved by the
+    caller, ``initial_input`` and ``current_state`` as JSON text)."""
+    params = {
+        **values,
+        "initial_input": RawValue(values["initial_input"]),
+        "current_state": RawValue(values["current_state"]),
+    }
+    _as_built(session, _insert, params, ExecutionRow)
 
 
-def reserve_sequences(
-    session: Session, execution_id: uuid.UUID, count: int, expected: int | None
-) -> Any:
-    """Bump an execution's ``last_sequence`` by ``count`` if it is at ``expected`` (when
-    given); returns the row (last_sequence, tenant_id) with the new value, or ``None`` if the
-    execution is missing in this scope or not at ``expected`` (nothing changed then)."""
-    params = {"p_execution_id": execution_id, "p_count": count}
-    if expected is not None:
-        params["p_expected"] = expected
-    return _first(_run(session, _RESERVE[expected is not None], params))
+# ---------------------------------------------------------------- events
 
 
-def _append_one(tenant: TenantPredicate, expecting: bool) -> Executable:
+class NewEvent(NamedTuple):
+    """An event to append: its id, its kind's ``type`` and the kind as JSON text."""
+
+    id: uuid.UUID
+    event_type: str
+    kind_json: str
+
+
+def _reserve(expecting: bool) -> Update:
+    """Bump an execution's ``last_sequence`` by ``:p_count`` (only if it is at
+    ``:p_expected``, when ``expecting``), returning the new value and the execution's
+    tenant."""
+    conditions = [ExecutionRow.id == bindparam("p_execution_id")]
+    if expecting:
+        conditions.append(ExecutionRow.last_sequence == bindparam("p_expected", type_=BigInteger))
+    return (
+        update(ExecutionRow)
+        .where(*conditions)
+        .values(last_sequence=ExecutionRow.last_sequence + bindparam("p_count", type_=BigInteger))
+        .returning(ExecutionRow.last_sequence, ExecutionRow.tenant_id)
+    )
+
+
+def _append_one(expecting: bool) -> Executable:
     """PostgreSQL: reserve the sequence and insert the event in one statement, ``WITH
     reserved AS (UPDATE … RETURNING) INSERT INTO events SELECT … FROM reserved``. If the
     execution is missing (or not at the expected sequence) nothing is inserted or bumped."""
-    reserved = _reserve(tenant, expecting).cte("reserved")
+    reserved = _reserve(expecting).cte("reserved")
     values = select(
-        bindparam("p_id", type_=_events.c.id.type),
+        bindparam("id", type_=EventRow.id.type),
         reserved.c.tenant_id,
-        bindparam("p_execution_id", type_=_events.c.execution_id.type),
+        bindparam("p_execution_id", type_=EventRow.execution_id.type),
         reserved.c.last_sequence,
-        bindparam("p_event_type", type_=_events.c.event_type.type),
-        bindparam("p_kind", type_=_events.c.kind.type),
-        bindparam("p_created_at", type_=_events.c.created_at.type),
+        bindparam("event_type", type_=EventRow.event_type.type),
+        bindparam("kind", type_=EventRow.kind.type),
+        bindparam("created_at", type_=EventRow.created_at.type),
     ).select_from(reserved)
     columns = ["id", "tenant_id", "execution_id", "sequence", "event_type", "kind", "created_at"]
     return (
-        insert(_events)
+        insert(EventRow)
         .from_select(columns, values)
         .add_cte(reserved)
-        .returning(_events.c.sequence, _events.c.tenant_id)
+        .returning(EventRow.sequence, EventRow.tenant_id)
     )
 
 
-_APPEND_ONE = {
-    expecting: _variants(lambda tenant, e=expecting: _append_one(tenant, e))  # type: ignore[misc]
-    for expecting in (False, True)
-}
+def append_events(
+    session: Session,
+    execution_id: uuid.UUID,
+    events: Sequence[NewEvent],
+    created_at: datetime,
+    expected: int | None,
+) -> int | Refused:
+    """Append ``events`` (none: only the checks) to an execution visible in this scope and,
+    when ``expected`` is given, at that sequence; returns the first new sequence. The bump of
+    the execution's ``last_sequence`` serialises appenders of one execution on both
+    databases, so sequences are gapless without a retry loop.
 
-
-def append_event(
-    session: Session, values: dict[str, Any], expected: int | None
-) -> tuple[int, str] | None:
-    """Append one event: ``values`` has ``p_id``, ``p_execution_id``, ``p_event_type``,
-    ``p_kind`` and ``p_created_at``. Returns (sequence, tenant_id), or ``None`` if the
-    execution is missing in this scope or not at ``expected`` (then nothing changed).
-
-    One statement on PostgreSQL (no transaction needed around it); on SQLite, whose CTEs
-    cannot hold an UPDATE, the reserve and the insert run in the caller's transaction."""
-    params = {**values, "p_count": 1}
+    One event on PostgreSQL is one statement (:func:`_append_one`), which needs no
+    transaction around it. Otherwise (SQLite cannot hold an ``UPDATE`` in a CTE) the bump
+    and the insert run in the caller's transaction. Refused: the execution's
+    ``last_sequence`` (:func:`select_latest_sequence`'s row), or ``None`` if it is missing."""
+    params: dict[str, Any] = {"p_execution_id": execution_id, "p_count": len(events)}
     if expected is not None:
         params["p_expected"] = expected
-    if _connection(session).dialect.name == "postgresql":
-        row = _first(_run(session, _APPEND_ONE[expected is not None], params))
-        return None if row is None else (row.sequence, row.tenant_id)
-    reserved = reserve_sequences(session, values["p_execution_id"], 1, expected)
-    if reserved is None:
-        return None
-    insert_events(
-        session,
-        [
-            {
-                "id": values["p_id"],
-                "tenant_id": reserved.tenant_id,
-                "execution_id": values["p_execution_id"],
-                "sequence": reserved.last_sequence,
-                "event_type": values["p_event_type"],
-                "kind": values["p_kind"],
-                "created_at": values["p_created_at"],
-            }
-        ],
-    )
-    return reserved.last_sequence, reserved.tenant_id
-
-
-_INSERT_EVENT = DriverStatement(
-    insert(_events).values(
-        {column.name: bindparam(column.name, type_=column.type) for column in _events.c}
-    )
-)
-
-
-def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert event rows (their ``tenant_id`` already taken from the execution). ``kind``
-    may be a :class:`~statestore.db.driver.RawValue` holding the JSON text."""
-    session_scope(session)  # fail closed, like every statement of a scoped session
-    if len(rows) == 1:
-        _INSERT_EVENT.execute(_connection(session), rows[0])
-    else:
-        _INSERT_EVENT.execute_many(_connection(session), rows)
-
-
-_EVENT_COLUMNS = (
-    _events.c.id,
-    _events.c.sequence,
-    _events.c.event_type,
-    # As text on both databases: the typed kind model parses it directly, which is faster
-    # than the driver decoding JSONB and the model validating the decoded objects.
-    cast(_events.c.kind, Text).label("kind"),
-    _events.c.created_at,
-    _events.c.tenant_id,
-)
-_EVENTS_SINCE = _variants(
-    lambda tenant: (
-        select(*_EVENT_COLUMNS)
-        .where(
-            _events.c.execution_id == bindparam("p_id"),
-            _events.c.sequence > bindparam("p_since", type_=BigInteger),
-            *tenant(_events),
+    expecting = expected is not None
+    if len(events) == 1 and _connection(session).dialect.name == "postgresql":
+        (event,) = events
+        params.update(
+            id=event.id,
+            event_type=event.event_type,
+            kind=RawValue(event.kind_json),
+            created_at=created_at,
         )
-        .order_by(_events.c.sequence)
+        appended = _first(_in_scope(session, _append_one, params, expecting))
+        if appended is not None:
+            return int(appended.sequence)
+    else:
+        reserved = _first(_in_scope(session, _reserve, params, expecting))
+        if reserved is not None:
+            first = reserved.last_sequence - len(events) + 1
+            _insert_events(session, reserved.tenant_id, execution_id, first, events, created_at)
+            return int(first)
+    return Refused(_first(_in_scope(session, _latest_sequence, {"p_id": execution_id})))
+
+
+def _insert_events(
+    session: Session,
+    tenant_id: str,
+    execution_id: uuid.UUID,
+    first: int,
+    events: Sequence[NewEvent],
+    created_at: datetime,
+) -> None:
+    """Insert events at sequences ``first``, ``first + 1`` …, in their execution's tenant."""
+    rows = [
+        {
+            "id": event.id,
+            "tenant_id": tenant_id,
+            "execution_id": execution_id,
+            "sequence": sequence,
+            "event_type": event.event_type,
+            "kind": RawValue(event.kind_json),
+            "created_at": created_at,
+        }
+        for sequence, event in enumerate(events, first)
+    ]
+    if len(rows) == 1:
+        _as_built(session, _insert, rows[0], EventRow)
+    elif rows:
+        _prepared(_insert, False, EventRow).execute_many(_connection(session), rows)
+
+
+def _events_since() -> Executable:
+    return (
+        select(
+            EventRow.id,
+            EventRow.sequence,
+            EventRow.event_type,
+            # As text on both databases: the typed kind model parses it directly, which is
+            # faster than the driver decoding JSON and the model validating the objects.
+            cast(EventRow.kind, Text).label("kind"),
+            EventRow.created_at,
+            EventRow.tenant_id,
+        )
+        .where(
+            EventRow.execution_id == bindparam("p_id"),
+            EventRow.sequence > bindparam("p_since", type_=BigInteger),
+        )
+        .order_by(EventRow.sequence)
         .limit(bindparam("p_limit", type_=BigInteger))
-    ),
-)
+    )
+
+
 NO_LIMIT = 2**62
 
 
@@ -246,148 +372,133 @@ def select_events(
     of (id, sequence, event_type, kind, created_at, tenant_id), ``kind`` as JSON text (see
     :func:`statestore.event_kinds.load_stored_kind`)."""
     params = {"p_id": execution_id, "p_since": since, "p_limit": limit or NO_LIMIT}
-    return _run(session, _EVENTS_SINCE, params)
+    return _in_scope(session, _events_since, params)
 
 
-_LATEST_SEQUENCE = _variants(
-    lambda tenant: select(_executions.c.last_sequence).where(
-        _executions.c.id == bindparam("p_id"), *tenant(_executions)
-    )
-)
+def _latest_sequence() -> Executable:
+    return select(ExecutionRow.last_sequence).where(ExecutionRow.id == bindparam("p_id"))
 
 
-def select_latest_sequence(session: Session, execution_id: uuid.UUID) -> int:
-    """An execution's latest sequence (0 if missing in this scope)."""
-    latest = select_sequence_if_exists(session, execution_id)
-    return latest or 0
-
-
-def select_sequence_if_exists(session: Session, execution_id: uuid.UUID) -> int | None:
+def select_latest_sequence(session: Session, execution_id: uuid.UUID) -> int | None:
     """An execution's latest sequence, or ``None`` if it is missing in this scope."""
-    row = _first(_run(session, _LATEST_SEQUENCE, {"p_id": execution_id}))
+    row = _first(_in_scope(session, _latest_sequence, {"p_id": execution_id}))
     return None if row is None else int(row.last_sequence)
 
 
-_EXECUTION = _variants(
-    lambda tenant: select(_executions).where(
-        _executions.c.id == bindparam("p_id"), *tenant(_executions)
+# ---------------------------------------------------------------- snapshots
+
+_UPSERT: dict[str, Callable[..., Any]] = {
+    "sqlite": sqlite.insert,
+    "postgresql": postgresql.insert,
+}
+
+
+# A snapshot's identity: its execution (whose tenant it has) and its sequence.
+_SNAPSHOT_KEY = frozenset({"tenant_id", "execution_id", "at_sequence"})
+
+
+def upsert_snapshot(session: Session, values: dict[str, Any]) -> None:
+    """Insert a snapshot row (its ``tenant_id`` resolved by the caller), or replace every
+    other column of the one at the same (execution, at_sequence): ``INSERT … ON CONFLICT
+    DO UPDATE``, a construct each dialect has its own class for."""
+    insert_snapshot = _UPSERT[_connection(session).dialect.name](SnapshotRow).values(**values)
+    session.execute(
+        insert_snapshot.on_conflict_do_update(
+            index_elements=[SnapshotRow.execution_id, SnapshotRow.at_sequence],
+            set_={key: value for key, value in values.items() if key not in _SNAPSHOT_KEY},
+        )
     )
-)
-
-
-def select_execution(session: Session, execution_id: uuid.UUID) -> Any:
-    """An execution's row, or ``None`` if missing in this scope."""
-    return _first(_run(session, _EXECUTION, {"p_id": execution_id}))
-
-
-_INSERT_EXECUTION = DriverStatement(
-    insert(_executions).values(
-        {column.name: bindparam(column.name, type_=column.type) for column in _executions.c}
-    )
-)
-
-
-def insert_execution(session: Session, values: dict[str, Any]) -> None:
-    """Insert an execution row (its ``tenant_id`` already resolved by the caller). JSON
-    columns may be :class:`~statestore.db.driver.RawValue` text."""
-    session_scope(session)
-    _INSERT_EXECUTION.execute(_connection(session), values)
 
 
 # ---------------------------------------------------------------- the queue
 
-_items: Table = WorkItemRow.__table__  # type: ignore[assignment]
-# Literals, not bound parameters: PostgreSQL then plans the claim on the partial index
-# (a bound status makes a generic plan skip it).
-PENDING: ColumnElement[str] = literal_column("'pending'")
-CLAIMED: ColumnElement[str] = literal_column("'claimed'")
-DEAD_LETTERED: ColumnElement[str] = literal_column("'dead_lettered'")
-ACTIVE: ColumnElement[str] = literal_column(f"'{TenantStatus.ACTIVE.value}'")
 
-
-def _tenant_is_active(tenant_id: ColumnElement[str]) -> ColumnElement[bool]:
-    """The one SQL definition of "the tenant of this row takes new work" (enqueue, claim):
-    ``(SELECT status FROM tenants WHERE id = <row>.tenant_id) = 'active'``. A scalar
-    subquery is evaluated per candidate row as one primary-key probe; PostgreSQL would turn
-    an ``EXISTS`` into a join, which can cost the claim its ordered scan of the partial
-    index."""
-    status = select(_tenants.c.status).where(_tenants.c.id == tenant_id).scalar_subquery()
-    return status == ACTIVE
-
-
-def _enqueue(tenant: TenantPredicate) -> Executable:
-    """Insert a pending work item, taking its tenant from its execution, only if the
-    execution is visible in this scope, not finished, and its tenant is active: ``INSERT
-    INTO work_items … SELECT …, e.tenant_id FROM workflow_executions e WHERE … RETURNING
-    id``. One statement, so it needs no transaction around it."""
-    given = {
-        column.name: bindparam(column.name, type_=column.type)
-        for column in _items.c
-        if column.name not in ("execution_id", "tenant_id")
+def _new_work_terms() -> dict[str, ColumnElement[bool]]:
+    """The one definition of "an execution takes new work" (enqueue, requeue of a dead
+    letter), by term: it is not finished, and its tenant takes new work."""
+    return {
+        "open": ExecutionRow.status.not_in(FINISHED),
+        "tenant_active": _tenant_active(ExecutionRow.tenant_id),
     }
-    source = select(*given.values(), _executions.c.id, _executions.c.tenant_id).where(
-        _executions.c.id == bindparam("p_execution_id"),
-        _executions.c.status.not_in(
-            [literal_column(f"'{s.value}'") for s in WorkflowStatus if s.is_terminal]
-        ),
-        _tenant_is_active(_executions.c.tenant_id),
-        *tenant(_executions),
+
+
+def _enqueue() -> Executable:
+    """Insert a pending work item, taking its tenant from its execution, only if the
+    execution takes new work: ``INSERT INTO work_items … SELECT …, e.tenant_id FROM
+    workflow_executions e WHERE e.id = :execution_id AND <terms> RETURNING id``. One
+    statement, so it needs no transaction around it."""
+    given = {
+        attr.key: bindparam(attr.key, type_=attr.type)
+        for attr in row_columns(WorkItemRow)
+        if attr.key not in ("execution_id", "tenant_id")
+    }
+    source = select(*given.values(), ExecutionRow.id, ExecutionRow.tenant_id).where(
+        ExecutionRow.id == bindparam("execution_id"), *_new_work_terms().values()
     )
     return (
-        insert(_items)
+        insert(WorkItemRow)
         .from_select([*given, "execution_id", "tenant_id"], source)
-        .returning(_items.c.id)
+        .returning(WorkItemRow.id)
     )
 
 
-def enqueue_item(session: Session, values: dict[str, Any], execution_id: uuid.UUID) -> bool:
-    """Insert a work item for ``execution_id`` (``values``: every other column; the payload
-    may be :class:`~statestore.db.driver.RawValue` JSON text). ``False`` if nothing was
-    inserted: the execution is missing in this scope, finished, or its tenant not active."""
-    return bool(_run(session, _ENQUEUE, {**values, "p_execution_id": execution_id}))
+def _new_work() -> Executable:
+    return select(
+        ExecutionRow.status,
+        ExecutionRow.tenant_id,
+        _tenant_status(ExecutionRow.tenant_id).label("tenant_status"),
+        *(term.label(name) for name, term in _new_work_terms().items()),
+    ).where(ExecutionRow.id == bindparam("execution_id"))
 
 
-def _claim(tenant: TenantPredicate, type_count: int) -> Executable:
+def select_new_work(session: Session, execution_id: uuid.UUID) -> Any:
+    """Whether an execution takes new work, by term (``tenant_active``, ``open``), with its
+    ``status``, ``tenant_id`` and ``tenant_status``; ``None`` if it is missing in this
+    scope."""
+    return _first(_in_scope(session, _new_work, {"execution_id": execution_id}))
+
+
+def enqueue_item(session: Session, values: dict[str, Any]) -> Refused | None:
+    """Insert a pending work item (``values``: every column but ``tenant_id``, the payload
+    as JSON text) if its execution takes new work, in one statement. Refused: the
+    execution's :func:`select_new_work` row."""
+    params = {**values, "payload": RawValue(values["payload"])}
+    if _in_scope(session, _enqueue, params):
+        return None
+    return Refused(select_new_work(session, values["execution_id"]))
+
+
+def _claim(type_count: int) -> Executable:
+    """``WITH eligible AS MATERIALIZED (SELECT … ORDER BY priority DESC, created_at LIMIT n
+    FOR UPDATE SKIP LOCKED) UPDATE … WHERE id IN (SELECT id FROM eligible) RETURNING …``."""
     eligible = (
-        select(_items.c.id)
+        select(WorkItemRow.id)
         .where(
-            _items.c.status == PENDING,
-            _items.c.queue_type.in_([bindparam(f"p_type{i}") for i in range(type_count)]),
-            _items.c.available_at <= bindparam("p_now", type_=UTCDateTime()),
+            WorkItemRow.status == PENDING,
+            WorkItemRow.queue_type.in_([bindparam(f"p_type{i}") for i in range(type_count)]),
+            WorkItemRow.available_at <= bindparam("p_now", type_=UTCDateTime()),
             # Items of a suspended or archived tenant stay pending until it is active again.
-            _tenant_is_active(_items.c.tenant_id),
-            *tenant(_items),
+            _tenant_active(WorkItemRow.tenant_id),
         )
-        .order_by(_items.c.priority.desc(), _items.c.created_at)
+        .order_by(WorkItemRow.priority.desc(), WorkItemRow.created_at)
         .limit(bindparam("p_limit", type_=BigInteger))
         .with_for_update(skip_locked=True)
         .cte("eligible")
         .prefix_with("MATERIALIZED")
     )
     return (
-        update(_items)
-        .where(_items.c.id.in_(select(eligible.c.id)), _items.c.status == PENDING)
+        update(WorkItemRow)
+        .where(WorkItemRow.id.in_(select(eligible.c.id)), WorkItemRow.status == PENDING)
         .values(
             status=CLAIMED,
             worker_id=bindparam("p_worker"),
             lease_expires_at=bindparam("p_expires", type_=UTCDateTime()),
-            attempt=_items.c.attempt + 1,
-            lease_fence=_items.c.lease_fence + 1,
+            attempt=WorkItemRow.attempt + 1,
+            lease_fence=WorkItemRow.lease_fence + 1,
             updated_at=bindparam("p_now", type_=UTCDateTime()),
         )
-        .returning(*_items.c)
+        .returning(*row_columns(WorkItemRow))
     )
-
-
-_CLAIM: dict[int, _Variants] = {}
-"""Claim statements by number of queue types (at most 100), built on first use."""
-
-
-def _claim_variants(type_count: int) -> _Variants:
-    variants = _CLAIM.get(type_count)
-    if variants is None:  # a race builds it twice; both are equal
-        variants = _CLAIM[type_count] = _variants(lambda tenant: _claim(tenant, type_count))
-    return variants
 
 
 def claim_items(
@@ -398,12 +509,11 @@ def claim_items(
     now: datetime,
     expires: datetime,
 ) -> list[Any]:
-    """One statement: ``WITH eligible AS MATERIALIZED (SELECT … ORDER BY priority DESC,
-    created_at LIMIT n FOR UPDATE SKIP LOCKED) UPDATE … WHERE id IN (SELECT id FROM eligible)
-    RETURNING …``. The CTE is evaluated exactly once: as a plain ``IN`` subquery PostgreSQL
-    may re-scan it, and each re-scan with SKIP LOCKED finds other rows, claiming more than
-    ``n``. SQLite ignores the row lock (its writer holds the database write lock). Rows come
-    back in no particular order."""
+    """Lease up to ``limit`` due pending items of ``queue_types`` in one statement
+    (:func:`_claim`). The CTE is evaluated exactly once: as a plain ``IN`` subquery
+    PostgreSQL may re-scan it, and each re-scan with SKIP LOCKED finds other rows, claiming
+    more than ``limit``. SQLite ignores the row lock (its writer holds the database write
+    lock). Rows come back in no particular order."""
     params: dict[str, Any] = {
         "p_now": now,
         "p_limit": limit,
@@ -412,49 +522,81 @@ def claim_items(
     }
     for i, queue_type in enumerate(queue_types):
         params[f"p_type{i}"] = queue_type
-    return _run(session, _claim_variants(len(queue_types)), params)
+    return _in_scope(session, _claim, params, len(queue_types))
 
 
-def _held(tenant: TenantPredicate, by_worker: bool, by_fence: bool) -> list[ColumnElement[bool]]:
-    """The item ``:p_id``, claimed, and held by ``:p_worker`` / ``:p_fence`` (when asked)."""
-    conditions = [_items.c.id == bindparam("p_id"), _items.c.status == CLAIMED, *tenant(_items)]
-    if by_worker:
-        conditions.append(_items.c.worker_id == bindparam("p_worker"))
-    if by_fence:
-        conditions.append(_items.c.lease_fence == bindparam("p_fence", type_=BigInteger))
-    return conditions
+def _lease_terms(
+    worker: ColumnElement[str] | None, fence: ColumnElement[int] | None
+) -> dict[str, ColumnElement[bool]]:
+    """The one definition of "claimed and held by this lease", by term, in the order a
+    refusal names them: the item is claimed, by ``worker`` and under ``fence`` (each checked
+    only when given)."""
+    return {
+        "claimed": WorkItemRow.status == CLAIMED,
+        "by_worker": true() if worker is None else WorkItemRow.worker_id == worker,
+        "by_fence": true() if fence is None else WorkItemRow.lease_fence == fence,
+    }
 
 
-def _complete(tenant: TenantPredicate, by_worker: bool, by_fence: bool) -> Executable:
+def lease_held(worker: ColumnElement[str] | None, fence: Any) -> ColumnElement[bool]:
+    """Every term of :func:`_lease_terms`: the item is claimed and held by this lease."""
+    return and_(*_lease_terms(worker, fence).values())
+
+
+def lease_expired(now: Any) -> ColumnElement[bool]:
+    """The one definition of "the lease has expired at ``now``" (renew, reclaim)."""
+    expired: ColumnElement[bool] = WorkItemRow.lease_expires_at <= now
+    return expired
+
+
+def _lease_binds(
+    suffix: str | int, by_worker: bool, by_fence: bool
+) -> tuple[ColumnElement[str] | None, ColumnElement[int] | None]:
+    worker = bindparam(f"p_worker{suffix}", type_=String()) if by_worker else None
+    fence = bindparam(f"p_fence{suffix}", type_=BigInteger) if by_fence else None
+    return worker, fence
+
+
+def _lease(by_worker: bool, by_fence: bool, lock: bool) -> Executable:
+    worker, fence = _lease_binds("", by_worker, by_fence)
+    terms = _lease_terms(worker, fence)
+    statement = select(
+        *row_columns(WorkItemRow),
+        *(term.label(name) for name, term in terms.items()),
+        and_(*terms.values()).label("held"),
+        and_(WorkItemRow.status == COMPLETED, terms["by_worker"], terms["by_fence"]).label(
+            "completed_by_lease"
+        ),
+    ).where(WorkItemRow.id == bindparam("p_id"))
+    return statement.with_for_update() if lock else statement
+
+
+def select_lease(
+    session: Session,
+    item_id: uuid.UUID,
+    worker_id: str | None,
+    lease_fence: int | None,
+    *,
+    lock: bool = False,
+) -> Any:
+    """A work item's row with the terms of :func:`_lease_terms` for this lease (``claimed``,
+    ``by_worker``, ``by_fence``), ``held`` (all of them) and ``completed_by_lease`` (it is
+    completed, by this worker and fence); ``None`` if it is missing in this scope. ``lock``
+    holds its row lock until commit on PostgreSQL (SQLite's writer holds the write lock)."""
+    params: dict[str, Any] = {"p_id": item_id, "p_worker": worker_id, "p_fence": lease_fence}
+    shape = (worker_id is not None, lease_fence is not None, lock)
+    return _first(_in_scope(session, _lease, params, *shape))
+
+
+def _renew(by_fence: bool) -> Executable:
+    worker, fence = _lease_binds(0, True, by_fence)
+    now = bindparam("p_now", type_=UTCDateTime())
     return (
-        update(_items)
-        .where(*_held(tenant, by_worker, by_fence))
-        .values(
-            status=literal_column("'completed'"),
-            lease_expires_at=None,
-            updated_at=bindparam("p_now", type_=UTCDateTime()),
-        )
-        .returning(_items.c.id)
+        update(WorkItemRow)
+        .where(WorkItemRow.id == bindparam("p_id0"), lease_held(worker, fence), ~lease_expired(now))
+        .values(lease_expires_at=bindparam("p_expires", type_=UTCDateTime()), updated_at=now)
+        .returning(WorkItemRow.id)
     )
-
-
-def _renew(tenant: TenantPredicate, by_fence: bool) -> Executable:
-    unexpired = _items.c.lease_expires_at > bindparam("p_now", type_=UTCDateTime())
-    return (
-        update(_items)
-        .where(*_held(tenant, True, by_fence), unexpired)
-        .values(
-            lease_expires_at=bindparam("p_expires", type_=UTCDateTime()),
-            updated_at=bindparam("p_now", type_=UTCDateTime()),
-        )
-        .returning(_items.c.id)
-    )
-
-
-_RENEW = {
-    by_fence: _variants(lambda tenant, f=by_fence: _renew(tenant, f))  # type: ignore[misc]
-    for by_fence in (False, True)
-}
 
 
 def renew_lease(
@@ -464,86 +606,74 @@ def renew_lease(
     lease_fence: int | None,
     now: datetime,
     expires: datetime,
-) -> bool:
-    """Extend the unexpired lease ``worker_id`` (and ``lease_fence``, when given) holds on a
-    claimed item to ``expires``, in one conditional UPDATE; ``False`` if it holds none."""
-    params: dict[str, Any] = {"p_id": item_id, "p_worker": worker_id, "p_now": now}
-    params["p_expires"] = expires
-    if lease_fence is not None:
-        params["p_fence"] = lease_fence
-    return bool(_run(session, _RENEW[lease_fence is not None], params))
+) -> Refused | None:
+    """Extend the unexpired lease ``worker_id`` (and ``lease_fence``, when given) holds on
+    an item to ``expires``, in one conditional UPDATE. Refused: the item's
+    :func:`select_lease` row."""
+    params: dict[str, Any] = {"p_id0": item_id, "p_worker0": worker_id, "p_now": now}
+    params.update(p_fence0=lease_fence, p_expires=expires)
+    if _in_scope(session, _renew, params, lease_fence is not None):
+        return None
+    return Refused(select_lease(session, item_id, worker_id, lease_fence))
 
 
-_COMPLETE = {
-    (by_worker, by_fence): _variants(
-        lambda tenant, w=by_worker, f=by_fence: _complete(tenant, w, f)  # type: ignore[misc]
+def _complete(count: int, by_worker: bool, by_fence: bool, ids_first: bool = False) -> Executable:
+    """The one definition of completing: each item ``:p_id<i>`` still held by its lease
+    (``:p_worker<i>``, ``:p_fence<i>``, when checked) becomes completed and loses its
+    lease. Returns (id, worker_id, lease_fence) of each item completed.
+
+    ``ids_first`` adds ``id IN (:p_id0, …)`` before the ``OR`` of the items: SQLite's
+    planner (which has no statistics) would otherwise scan the tenant's index when the
+    tenant's predicate stands beside the ``OR``, instead of probing the primary key per
+    item. PostgreSQL plans the ``OR`` well and only pays for the extra list."""
+    ids = [bindparam(f"p_id{i}", type_=WorkItemRow.id.type) for i in range(count)]
+    held = [
+        and_(WorkItemRow.id == item_id, lease_held(*_lease_binds(i, by_worker, by_fence)))
+        for i, item_id in enumerate(ids)
+    ]
+    among = [WorkItemRow.id.in_(ids)] if ids_first else []
+    return (
+        update(WorkItemRow)
+        .where(*among, or_(*held))
+        .values(
+            status=COMPLETED,
+            lease_expires_at=None,
+            updated_at=bindparam("p_now", type_=UTCDateTime()),
+        )
+        .returning(WorkItemRow.id, WorkItemRow.worker_id, WorkItemRow.lease_fence)
     )
-    for by_worker in (False, True)
-    for by_fence in (False, True)
-}
 
 
-def complete_claimed(
+def complete_item(
     session: Session,
     item_id: uuid.UUID,
     worker_id: str | None,
     lease_fence: int | None,
     now: datetime,
-) -> bool:
-    """Complete a claimed item held by ``worker_id`` / ``lease_fence`` (when given) in one
-    conditional UPDATE; ``False`` if it is not claimed or not held that way."""
-    variants = _COMPLETE[(worker_id is not None, lease_fence is not None)]
-    params: dict[str, Any] = {"p_id": item_id, "p_now": now}
-    if worker_id is not None:
-        params["p_worker"] = worker_id
-    if lease_fence is not None:
-        params["p_fence"] = lease_fence
-    return bool(_run(session, variants, params))
-
-
-def _complete_each(tenant: TenantPredicate, count: int) -> Executable:
-    """Complete ``count`` claimed items, each guarded by its own worker and fence:
-    ``… WHERE status = 'claimed' AND (id, worker_id, lease_fence) IN ((…), …)``."""
-    held = [
-        tuple_(
-            bindparam(f"p_id{i}", type_=_items.c.id.type),
-            bindparam(f"p_worker{i}", type_=_items.c.worker_id.type),
-            bindparam(f"p_fence{i}", type_=BigInteger),
-        )
-        for i in range(count)
-    ]
-    return (
-        update(_items)
-        .where(
-            tuple_(_items.c.id, _items.c.worker_id, _items.c.lease_fence).in_(held),
-            _items.c.status == CLAIMED,
-            *tenant(_items),
-        )
-        .values(
-            status=literal_column("'completed'"),
-            lease_expires_at=None,
-            updated_at=bindparam("p_now", type_=UTCDateTime()),
-        )
-        .returning(_items.c.id, _items.c.worker_id, _items.c.lease_fence)
-    )
+) -> Refused | None:
+    """Complete an item held by ``worker_id`` / ``lease_fence`` (each checked when given)
+    in one conditional UPDATE. Refused: the item's :func:`select_lease` row."""
+    params: dict[str, Any] = {"p_id0": item_id, "p_worker0": worker_id, "p_fence0": lease_fence}
+    params["p_now"] = now
+    shape = (1, worker_id is not None, lease_fence is not None)
+    if _in_scope(session, _complete, params, *shape):
+        return None
+    return Refused(select_lease(session, item_id, worker_id, lease_fence))
 
 
 COMPLETE_CHUNK = 128
 """Items per bulk completion statement. Statements exist for 1, 2, 4 … 128 items (a
-shorter list is padded by repeating its first entry, harmless in ``IN``), so there are
+shorter list is padded by repeating its first entry, harmless in an ``OR``), so there are
 eight of them however callers batch."""
-_COMPLETE_EACH = {
-    count: _variants(lambda tenant, n=count: _complete_each(tenant, n))  # type: ignore[misc]
-    for count in (2**k for k in range(8))
-}
 
 
-def complete_each_claimed(
+def complete_items(
     session: Session, held: Sequence[tuple[uuid.UUID, str, int]], now: datetime
 ) -> set[tuple[uuid.UUID, str, int]]:
-    """Complete the claimed items among ``held`` (id, worker_id, lease_fence) still held
-    exactly that way, ``COMPLETE_CHUNK`` per statement; returns the triples completed."""
+    """Complete the items among ``held`` (id, worker_id, lease_fence) still held exactly
+    that way, ``COMPLETE_CHUNK`` per statement; returns the triples completed."""
     done: set[tuple[uuid.UUID, str, int]] = set()
+    ids_first = _connection(session).dialect.name == "sqlite"
     for start in range(0, len(held), COMPLETE_CHUNK):
         chunk = list(held[start : start + COMPLETE_CHUNK])
         size = 1 << (len(chunk) - 1).bit_length()
@@ -553,87 +683,72 @@ def complete_each_claimed(
             params[f"p_id{i}"] = item_id
             params[f"p_worker{i}"] = worker_id
             params[f"p_fence{i}"] = fence
-        rows = _run(session, _COMPLETE_EACH[size], params)
+        rows = _in_scope(session, _complete, params, size, True, True, ids_first)
         done.update((row.id, row.worker_id, row.lease_fence) for row in rows)
     return done
 
 
-# ---------------------------------------------------------------- tenants and tokens
-
-# Tenants are not tenant-owned rows: every scope may read its tenant's status and limits.
-_TENANT_ROW = select(_tenants.c.id, _tenants.c.status, _tenants.c.limits).where(
-    _tenants.c.id == bindparam("p_id")
-)
-_TENANT = {
-    False: DriverStatement(_TENANT_ROW),
-    True: DriverStatement(_TENANT_ROW.with_for_update()),
-}
+# ---------------------------------------------------------------- tokens
 
 
-_ENQUEUE = _variants(_enqueue)
-
-
-def select_tenant(session: Session, tenant_id: str, *, lock: bool = False) -> Any:
-    """A tenant's (id, status, limits), or ``None``; ``lock`` takes its row lock until
-    commit on PostgreSQL (SQLite's writer already holds the database write lock)."""
-    session_scope(session)
-    return _first(_TENANT[lock].execute(_connection(session), {"p_id": tenant_id}))
-
-
-def _token(tenant: TenantPredicate) -> Executable:
+def _token() -> Executable:
     """Exactly one row whatever the id: the token's, with its tenant's status, or, for an id
     missing in this scope, the stand-in token's (``:s_<column>``, its nullable columns
     NULL), with ``found`` false. ``FROM (SELECT :p_id AS id) wanted LEFT JOIN api_tokens …
     LEFT JOIN tenants …``: both cases probe both primary keys and decode one row of the same
     columns, so an unknown id costs what an existing one does."""
-    wanted = select(bindparam("p_id", type_=_tokens.c.id.type).label("id")).subquery("wanted")
+    wanted = select(bindparam("p_id", type_=ApiTokenRow.id.type).label("id")).subquery("wanted")
 
-    def or_stand_in(column: ColumnElement[Any], name: str) -> ColumnElement[Any]:
+    def or_stand_in(column: InstrumentedAttribute[Any], name: str) -> Label[Any]:
         stand_in = bindparam(f"s_{name}", type_=column.type)
         return func.coalesce(column, stand_in).label(name)
 
+    nullable = {column.key: column.nullable for column in inspect(ApiTokenRow).columns}
     columns = [
-        column if column.nullable else or_stand_in(column, column.name) for column in _tokens.c
+        attr if nullable[attr.key] else or_stand_in(attr, attr.key)
+        for attr in row_columns(ApiTokenRow)
     ]
-    token = and_(_tokens.c.id == wanted.c.id, *tenant(_tokens))
-    its_tenant = _tenants.c.id == or_stand_in(_tokens.c.tenant_id, "tenant_id").element
-    return select(
-        _tokens.c.id.is_not(None).label("found"),
-        *columns,
-        or_stand_in(_tenants.c.status, "tenant_status"),
-    ).select_from(wanted.outerjoin(_tokens, token).outerjoin(_tenants, its_tenant))
-
-
-_TOKEN = _variants(_token)
+    tenant_status = or_stand_in(TenantRow.status, "tenant_status")
+    token_tenant = or_stand_in(ApiTokenRow.tenant_id, "tenant_id").element
+    return (
+        select(
+            ApiTokenRow.id.is_not(None).label("found"),
+            *columns,
+            tenant_status,
+            is_active(tenant_status.element).label("tenant_active"),
+        )
+        .select_from(wanted)
+        .outerjoin(ApiTokenRow, ApiTokenRow.id == wanted.c.id)
+        .outerjoin(TenantRow, TenantRow.id == token_tenant)
+    )
 
 
 def select_token(session: Session, token_id: uuid.UUID, stand_in: dict[str, Any]) -> Any:
     """The one statement of token validation: the token's row with its tenant's status
-    (``tenant_status``) and ``found`` true; for an id missing in this scope, the same
-    columns taken from ``stand_in`` (``s_<column>`` for every non-nullable column of
-    ``api_tokens`` and ``s_tenant_status``) with ``found`` false."""
-    return _run(session, _TOKEN, {**stand_in, "p_id": token_id})[0]
+    (``tenant_status``, and ``tenant_active``: the tenant takes new work) and ``found``
+    true; for an id missing in this scope, the same columns taken from ``stand_in``
+    (``s_<column>`` for every non-nullable column of ``api_tokens`` and ``s_tenant_status``)
+    with ``found`` false."""
+    return _in_scope(session, _token, {**stand_in, "p_id": token_id})[0]
 
 
 # ---------------------------------------------------------------- effects
 
-_effects: Table = EffectRow.__table__  # type: ignore[assignment]
-# Both databases spell "keep the existing row" the same, INSERT … ON CONFLICT (key) DO
-# NOTHING, so one statement serves both (Core's insert() has no ON CONFLICT; the dialects'
-# own insert constructs would be two statements). The columns come from the table.
-_EFFECT_COLUMNS = [column.name for column in _effects.c]
-_RECORD_EFFECT = DriverStatement(
-    text(
-        f"INSERT INTO {_effects.name} ({', '.join(_EFFECT_COLUMNS)}) "
-        f"VALUES ({', '.join(':' + name for name in _EFFECT_COLUMNS)}) "
-        f"ON CONFLICT ({_effects.c.tenant_id.name}, {_effects.c.key.name}) DO NOTHING"
-    ).bindparams(*(bindparam(column.name, type_=column.type) for column in _effects.c))
-)
+
+def _record_effect() -> Executable:
+    """Both databases spell "keep the existing row" the same, ``INSERT … ON CONFLICT (key)
+    DO NOTHING``, so one statement serves both (Core's insert() has no ON CONFLICT; the
+    dialects' own insert constructs would be two statements). Columns from the table."""
+    table = EffectRow.__table__
+    columns = [column.name for column in table.c]
+    return text(
+        f"INSERT INTO {EffectRow.__tablename__} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(':' + name for name in columns)}) "
+        f"ON CONFLICT ({table.c.tenant_id.name}, {table.c.key.name}) DO NOTHING"
+    ).bindparams(*(bindparam(column.name, type_=column.type) for column in table.c))
 
 
 def record_effect(session: Session, values: dict[str, Any]) -> None:
     """Record an effect (``values``: every column, the tenant resolved by the caller, the
     value as checked JSON text); an existing key keeps its first value (first writer wins)."""
-    session_scope(session)
-    values = {**values, "value": RawValue(values["value"])}
-    _RECORD_EFFECT.execute(_connection(session), values)
+    _as_built(session, _record_effect, {**values, "value": RawValue(values["value"])})

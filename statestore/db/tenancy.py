@@ -1,8 +1,9 @@
 """The session-level tenant filter.
 
 Every operation runs in a :class:`TenantSession` that knows its :class:`Scope`. A
-``do_orm_execute`` listener adds ``with_loader_criteria(TenantOwned, tenant_id == t)`` to every
-ORM SELECT, UPDATE and DELETE of a scoped session, so repository code never writes the tenant
+``do_orm_execute`` listener confines every ORM SELECT, UPDATE and DELETE of a scoped session
+with :func:`confine`, the one definition of the tenant predicate (``db/queries.py`` confines
+the scoped form of its prebuilt statements with the same function), so no code writes the
 predicate by hand. The filter fails closed: a session that was not given a scope refuses to
 execute anything.
 
@@ -15,15 +16,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import BindParameter, Executable, bindparam, event
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 
 from statestore.db.schema import TenantOwned
 from statestore.errors import TenantError
 
 SCOPE_KEY = "statestore.scope"
+
+S = TypeVar("S", bound=Executable)
 
 
 @dataclass(frozen=True)
@@ -53,20 +56,27 @@ def session_scope(session: Session) -> Scope:
     return scope
 
 
+def confine(statement: S, tenant: BindParameter[str]) -> S:
+    """The one definition of the tenant predicate: ``statement`` with ``tenant_id = tenant``
+    on every tenant-owned entity it reads, updates or deletes, in its subqueries, CTEs and
+    joins too (an outer join's ``ON``). Only ORM-enabled statements (on the mapped classes)
+    are confined; for an ``INSERT … SELECT`` confine the ``INSERT``, not the inner ``SELECT``.
+
+    ``tenant`` is always a bound parameter: SQLAlchemy analyses the criteria's lambda once
+    per code location, so its closure must hold the same kind of value on every call."""
+    return statement.options(
+        with_loader_criteria(TenantOwned, lambda cls: cls.tenant_id == tenant, include_aliases=True)
+    )
+
+
 @event.listens_for(TenantSession, "do_orm_execute")
 def _apply_tenant_filter(state: ORMExecuteState) -> None:
     scope = session_scope(state.session)
     if scope.all_tenants:
         return
     if state.is_select or state.is_update or state.is_delete:
-        tenant_id = scope.tenant_id
-        state.statement = state.statement.options(
-            with_loader_criteria(
-                TenantOwned,
-                lambda cls: cls.tenant_id == tenant_id,
-                include_aliases=True,
-            )
-        )
+        tenant: BindParameter[str] = bindparam("tenant_id", scope.tenant_id, unique=True)
+        state.statement = confine(state.statement, tenant)
 
 
 @event.listens_for(TenantSession, "before_flush")

@@ -143,7 +143,7 @@ class AuthRepository(Repository):
             return Validation(None)
         if row.expires_at is not None and row.expires_at <= now:
             return Validation(None)
-        if row.tenant_status != TenantStatus.ACTIVE.value:
+        if not row.tenant_active:
             return Validation(None)
         stale = row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION
         return Validation(token_from_row(row), new_hash=new_hash, touch=stale)

@@ -1,4 +1,5 @@
-"""What every repository shares: the operation context (scope, clock, settings)."""
+"""What every repository shares: the operation context (scope, clock, settings) and the
+plain-row reads and writes of the ORM paths."""
 
 from __future__ import annotations
 
@@ -6,36 +7,40 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, inspect, select, update
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.orm import Session
 
 from statestore.db import queries
+from statestore.db.queries import row_columns
 from statestore.db.schema import Base
 from statestore.db.tenancy import Scope
-from statestore.errors import ConfigurationError, NotFoundError, TenantError
+from statestore.errors import ConfigurationError, NotFoundError, StateStoreError, TenantError
 from statestore.validation import check_tenant_id
 
-NO_SYNC = {"synchronize_session": False}
-"""Execution options of ORM-enabled UPDATEs: the session holds no objects to synchronise."""
+__all__ = [
+    "NO_SESSION_SYNC",
+    "Repository",
+    "StoreContext",
+    "refusal_if_visible",
+    "row_columns",
+    "select_row",
+    "update_rows",
+]
 
-# Design decision 12: a repository operation leaves no ORM object in the session. Operations
-# are composed in one transaction (``store.run``), and most of them run statements straight
-# on the connection: an object changed in the session would only be written at the final
-# flush (after, and over, the statements that ran later), and an object loaded into the
-# identity map would be handed back unchanged by later ORM reads. So repositories read
-# plain rows (the columns below, still confined by the tenant filter) and write with
-# INSERT and UPDATE statements, never through loaded objects.
+NO_SESSION_SYNC = {"synchronize_session": False}
+"""Execution options of ORM-enabled UPDATEs: the session holds no objects whose attributes
+would need to follow the change."""
 
-
-@cache
-def row_columns(entity: type[Base]) -> tuple[InstrumentedAttribute[Any], ...]:
-    """Every mapped column of ``entity`` as an ORM attribute, in table order: selecting them
-    gives rows with the same attribute names as the ORM object, but loads no object."""
-    return tuple(getattr(entity, column.key) for column in inspect(entity).column_attrs)
+# A repository operation leaves no ORM object in the session. Operations are composed in one
+# transaction (``store.run``), and most of them run statements straight on the connection:
+# an object changed in the session would only be written at the final flush (after, and
+# over, the statements that ran later), and an object loaded into the identity map would be
+# handed back unchanged by later ORM reads. So repositories read plain rows (the columns of
+# ``row_columns``, still confined by the tenant filter) and write with INSERT and UPDATE
+# statements, never through loaded objects.
 
 
 def select_row(
@@ -56,7 +61,7 @@ def update_rows(
     """``UPDATE entity SET values WHERE conditions`` in this scope; the number of rows
     changed."""
     result = session.execute(
-        update(entity).where(*conditions).values(**values).execution_options(**NO_SYNC)
+        update(entity).where(*conditions).values(**values).execution_options(**NO_SESSION_SYNC)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
 
@@ -80,26 +85,24 @@ class StoreContext:
     def tenant_for(self, model: BaseModel) -> str:
         """The tenant a model is written under: the scope's on a scoped store (a model whose
         ``tenant_id`` was explicitly set to another tenant is refused), else the model's."""
-        requested = check_tenant_id(getattr(model, "tenant_id", "default"))
+        refused = self.other_tenant(model)
+        if refused is not None:
+            raise refused
+        return self.scope.tenant_id or check_tenant_id(getattr(model, "tenant_id", "default"))
+
+    def other_tenant(self, model: BaseModel) -> TenantError | None:
+        """On a scoped store, the refusal of a model whose ``tenant_id`` was explicitly set
+        to another tenant; ``None`` if it is not refused. Events, snapshots and work items
+        take their execution's tenant: their model's ``tenant_id`` matters only here."""
         scoped = self.scope.tenant_id
         if scoped is None:
-            return requested
+            return None
+        requested = check_tenant_id(getattr(model, "tenant_id", "default"))
         if "tenant_id" in model.model_fields_set and requested != scoped:
-            raise TenantError(
+            return TenantError(
                 f"this store is scoped to tenant {scoped!r}; cannot write for {requested!r}"
             )
-        return scoped
-
-    def check_child_tenant(self, model: BaseModel, execution_tenant: str) -> str:
-        """Events, snapshots and work items belong to their execution's tenant. On a scoped
-        store, a model explicitly naming another tenant is refused."""
-        self.check_model_tenant(model)
-        return execution_tenant
-
-    def check_model_tenant(self, model: BaseModel) -> None:
-        """On a scoped store, refuse a model explicitly naming another tenant."""
-        if self.scope.tenant_id is not None:
-            self.tenant_for(model)
+        return None
 
     def stamp(self, model: BaseModel, field: str) -> datetime:
         """A timestamp field: the caller's value if they set it, else the store clock's now."""
@@ -117,16 +120,11 @@ class Repository:
         self.context = context
 
 
-def refuse_foreign_child(
-    context: StoreContext, session: Session, model: BaseModel, execution_id: uuid.UUID
-) -> None:
-    """Events and work items take their execution's tenant. On a scoped store, a model
-    explicitly naming another tenant is refused with :class:`TenantError`, but only once the
-    execution is known to be visible: otherwise :class:`NotFoundError`, as the write itself
-    would have said."""
-    try:
-        context.check_model_tenant(model)
-    except TenantError:
-        if queries.select_sequence_if_exists(session, execution_id) is None:
-            raise NotFoundError(f"execution {execution_id} not found") from None
-        raise
+def refusal_if_visible(
+    session: Session, execution_id: uuid.UUID, refusal: StateStoreError
+) -> StateStoreError:
+    """``refusal`` (of a write about an execution) if the execution is visible in this scope;
+    otherwise :class:`NotFoundError`, as the write itself would have said."""
+    if queries.select_latest_sequence(session, execution_id) is None:
+        return NotFoundError(f"execution {execution_id} not found")
+    return refusal

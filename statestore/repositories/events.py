@@ -1,24 +1,31 @@
-"""The append-only event log of each execution, with gapless store-assigned sequences."""
+"""The append-only event log of each execution, with gapless store-assigned sequences.
+
+An append goes one way: its input is checked and turned into what the statement needs
+(:meth:`EventRepository._checked_append`), one call of :func:`statestore.db.queries.append_events`
+writes it, and a refusal is explained from what that call returned.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from datetime import datetime
+from typing import Any, NamedTuple
 
 from sqlalchemy.orm import Session
 
 from statestore.db import queries
-from statestore.db.driver import RawValue
 from statestore.db.runner import single_statement
 from statestore.errors import (
     NotFoundError,
     SequenceConflictError,
+    StateStoreError,
+    TenantError,
     ValidationError,
 )
 from statestore.event_kinds import BaseEventKind, load_stored_kind, parse_event_kind
 from statestore.models import Event
-from statestore.repositories.base import Repository, refuse_foreign_child
+from statestore.repositories.base import Repository, refusal_if_visible
 from statestore.validation import (
     check_int,
     check_optional_int,
@@ -43,26 +50,34 @@ def event_from_row(row: Any, execution_id: uuid.UUID) -> Event:
     )
 
 
+class _Append(NamedTuple):
+    """An append's input, checked: what :func:`statestore.db.queries.append_events` takes,
+    and the refusal of a model naming another tenant (nothing is written then)."""
+
+    execution_id: uuid.UUID
+    events: list[queries.NewEvent]
+    created_at: datetime
+    expected: int | None
+    other_tenant: TenantError | None = None
+
+
+def _not_appended(subject: Any, execution_id: uuid.UUID, expected: int | None) -> StateStoreError:
+    """Why an append changed nothing, from the execution's ``last_sequence`` as read after
+    it (``None``: the execution is missing in this scope)."""
+    if subject is None:
+        return NotFoundError(f"execution {execution_id} not found")
+    return SequenceConflictError(
+        f"execution {execution_id} is at sequence {subject.last_sequence}, expected {expected}"
+    )
+
+
 class EventRepository(Repository):
     """Appends and reads of execution event logs."""
 
     @single_statement
     def append(self, session: Session, event: Event, expected_sequence: int | None) -> int:
-        event = coerce_model("event", Event, event)
-        event_type, kind = self._kind_json(event.kind)
-        expected = check_optional_int("expected_sequence", expected_sequence, minimum=0)
-        refuse_foreign_child(self.context, session, event, event.execution_id)
-        values = {
-            "p_id": event.id,
-            "p_execution_id": event.execution_id,
-            "p_event_type": event_type,
-            "p_kind": kind,
-            "p_created_at": self.context.stamp(event, "created_at"),
-        }
-        appended = queries.append_event(session, values, expected)
-        if appended is None:
-            self._refused(session, event.execution_id, expected)
-        return appended[0]
+        append = self._checked_append(event, expected_sequence)
+        return self._append(session, append)
 
     def append_many(
         self,
@@ -71,66 +86,53 @@ class EventRepository(Repository):
         kinds: Sequence[BaseEventKind | dict[str, Any]],
         expected_sequence: int | None,
     ) -> list[int]:
+        append = self._checked_append_many(execution_id, kinds, expected_sequence)
+        first = self._append(session, append)
+        return list(range(first, first + len(append.events)))
+
+    def _append(self, session: Session, append: _Append) -> int:
+        """Write a checked append; the first new sequence."""
+        if append.other_tenant is not None:
+            raise refusal_if_visible(session, append.execution_id, append.other_tenant)
+        appended = queries.append_events(
+            session, append.execution_id, append.events, append.created_at, append.expected
+        )
+        if isinstance(appended, queries.Refused):
+            raise _not_appended(appended.subject, append.execution_id, append.expected)
+        return appended
+
+    def _checked_append(self, event: Event, expected_sequence: int | None) -> _Append:
+        event = coerce_model("event", Event, event)
+        new = self._new_event(event.id, event.kind)
+        expected = check_optional_int("expected_sequence", expected_sequence, minimum=0)
+        other_tenant = self.context.other_tenant(event)
+        created_at = self.context.stamp(event, "created_at")
+        return _Append(event.execution_id, [new], created_at, expected, other_tenant)
+
+    def _checked_append_many(
+        self,
+        execution_id: uuid.UUID | str,
+        kinds: Sequence[BaseEventKind | dict[str, Any]],
+        expected_sequence: int | None,
+    ) -> _Append:
         execution_id = check_uuid("execution_id", execution_id)
         if isinstance(kinds, str | bytes | dict) or not isinstance(kinds, Sequence):
             raise ValidationError("kinds must be a sequence of event kinds")
         if len(kinds) > MAX_BATCH:
             raise ValidationError(f"at most {MAX_BATCH} events per append_events call")
-        payloads = [self._kind_json(parse_event_kind(kind)) for kind in kinds]
+        events = [self._new_event(uuid.uuid4(), parse_event_kind(kind)) for kind in kinds]
         expected = check_optional_int("expected_sequence", expected_sequence, minimum=0)
-        first, tenant_id = self._reserve(session, execution_id, len(payloads), expected)
-        if not payloads:
-            return []
-        now = self.context.now()
-        sequences = list(range(first, first + len(payloads)))
-        queries.insert_events(
-            session,
-            [
-                {
-                    "id": uuid.uuid4(),
-                    "tenant_id": tenant_id,
-                    "execution_id": execution_id,
-                    "sequence": sequence,
-                    "event_type": event_type,
-                    "kind": kind,
-                    "created_at": now,
-                }
-                for sequence, (event_type, kind) in zip(sequences, payloads, strict=True)
-            ],
-        )
-        return sequences
+        return _Append(execution_id, events, self.context.now(), expected)
 
-    def _kind_json(self, kind: BaseEventKind) -> tuple[str, RawValue]:
-        """The kind's ``type`` and its checked JSON text."""
+    def _new_event(self, event_id: uuid.UUID, kind: BaseEventKind) -> queries.NewEvent:
+        """An event's id, its kind's ``type`` and the kind's checked JSON text."""
         # JSON mode would stringify non-str keys: check the kind's own values (what
         # model_dump() would give, without copying them).
         check_str_keys("event kind", kind)
         payload = kind.to_json_dict()
         limit = self.context.max_json_bytes
-        return payload["type"], RawValue(json_text("event kind", payload, limit, keys_checked=True))
-
-    def _reserve(
-        self, session: Session, execution_id: uuid.UUID, count: int, expected: int | None
-    ) -> tuple[int, str]:
-        """Bump the execution's ``last_sequence`` by ``count``; returns the first reserved
-        sequence and the execution's tenant. The row update serialises appenders of one
-        execution on both databases, so sequences are gapless without a retry loop; a
-        failed append rolls the bump back with its transaction."""
-        row = queries.reserve_sequences(session, execution_id, count, expected)
-        if row is None:
-            self._refused(session, execution_id, expected)
-        return row.last_sequence - count + 1, row.tenant_id
-
-    @staticmethod
-    def _refused(session: Session, execution_id: uuid.UUID, expected: int | None) -> NoReturn:
-        """Why a reserve changed nothing: the execution is missing in this scope, or it is
-        not at the expected sequence."""
-        latest = queries.select_sequence_if_exists(session, execution_id)
-        if latest is None:
-            raise NotFoundError(f"execution {execution_id} not found")
-        raise SequenceConflictError(
-            f"execution {execution_id} is at sequence {latest}, expected {expected}"
-        )
+        text = json_text("event kind", payload, limit, keys_checked=True)
+        return queries.NewEvent(event_id, payload["type"], text)
 
     def get(self, session: Session, execution_id: uuid.UUID | str) -> list[Event]:
         return self.since(session, execution_id, 0, None)
@@ -149,4 +151,5 @@ class EventRepository(Repository):
         return [event_from_row(row, execution_id) for row in rows]
 
     def latest_sequence(self, session: Session, execution_id: uuid.UUID | str) -> int:
-        return queries.select_latest_sequence(session, check_uuid("execution_id", execution_id))
+        execution_id = check_uuid("execution_id", execution_id)
+        return queries.select_latest_sequence(session, execution_id) or 0

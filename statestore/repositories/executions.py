@@ -9,7 +9,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from statestore.db import queries
-from statestore.db.driver import RawValue
 from statestore.db.schema import ExecutionRow, WorkItemRow
 from statestore.db.tenancy import narrowed_to
 from statestore.errors import (
@@ -88,12 +87,8 @@ class ExecutionRepository(Repository):
             "workflow_id": check_identifier("workflow_id", execution.workflow_id),
             "workflow_version": check_identifier("workflow_version", execution.workflow_version),
             "status": execution.status.value,
-            "initial_input": RawValue(
-                json_text("initial_input", execution.initial_input, max_bytes)
-            ),
-            "current_state": RawValue(
-                json_text("current_state", execution.current_state, max_bytes)
-            ),
+            "initial_input": json_text("initial_input", execution.initial_input, max_bytes),
+            "current_state": json_text("current_state", execution.current_state, max_bytes),
             "started_at": self.context.stamp(execution, "started_at"),
             "updated_at": self.context.stamp(execution, "updated_at"),
             "completed_at": execution.completed_at,

@@ -1,10 +1,17 @@
 """The work-item queue: enqueue, atomic claims under fenced leases, settling, reclaim of
 expired leases with retries and backoff, and the dead-letter queue.
 
-State machine (one expiry path, W-1): ``pending → claimed`` by a claim (``attempt += 1``, a
-new ``lease_fence``); ``claimed → completed | failed | pending | dead_lettered`` only by the
-lease holder (worker and fence checked, W-4/W-7) or by reclaim once the lease has expired.
-A claim never resets an expired lease by itself. ``lease_fence`` only grows.
+State machine: ``pending → claimed`` by a claim (``attempt += 1``, a new ``lease_fence``);
+``claimed → completed | failed | pending | dead_lettered`` only by the lease holder (the
+worker and fence it was given, when it names them) or, once the lease has expired, by
+reclaim, the only way an expired lease ends: a claim never takes over an expired lease by
+itself. ``lease_fence`` only grows, so a worker holding a stale lease can never settle an
+item another worker claimed since.
+
+The rules these writes are guarded by ("claimed and held by this lease", "an execution takes
+new work") are written once, in SQL, in :mod:`statestore.db.queries`; a refused write comes
+back with the item's or execution's terms, which :func:`_lease_lost` and :func:`_no_new_work`
+turn into the caller's error.
 """
 
 from __future__ import annotations
@@ -13,32 +20,33 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from statestore.db import queries
-from statestore.db.driver import RawValue
 from statestore.db.runner import single_statement
-from statestore.db.schema import ExecutionRow, WorkItemRow
+from statestore.db.schema import WorkItemRow
 from statestore.errors import (
     ConflictError,
     InvalidTransitionError,
     LeaseLostError,
     NotFoundError,
+    StateStoreError,
+    TenantError,
+    TenantSuspendedError,
     ValidationError,
 )
-from statestore.models import DeadLetter, WorkflowStatus, WorkItem, WorkItemStatus
+from statestore.models import DeadLetter, WorkItem, WorkItemStatus
 from statestore.repositories.base import (
-    NO_SYNC,
+    NO_SESSION_SYNC,
     Repository,
-    refuse_foreign_child,
+    refusal_if_visible,
     row_columns,
     select_row,
     update_rows,
 )
-from statestore.repositories.tenants import require_active_tenant
 from statestore.validation import (
     check_datetime,
     check_identifier,
@@ -90,6 +98,47 @@ def _claim_order(row: Any) -> tuple[int, datetime, uuid.UUID]:
     return (-row.priority, row.created_at, row.id)
 
 
+class _Enqueue(NamedTuple):
+    """An enqueue's input, checked: what :func:`statestore.db.queries.enqueue_item` takes
+    (every column of the new item but ``tenant_id``, the payload as its JSON text), and the
+    refusal of a model naming another tenant (nothing is written then)."""
+
+    values: dict[str, Any]
+    other_tenant: TenantError | None
+
+
+def _no_new_work(execution: Any, execution_id: uuid.UUID) -> StateStoreError | None:
+    """Why an execution takes no new work, from its :func:`statestore.db.queries.select_new_work`
+    row (``None``: missing in this scope): the first false term as the caller's error, or
+    ``None`` if every term holds."""
+    if execution is None:
+        return NotFoundError(f"execution {execution_id} not found")
+    if not execution.tenant_active:
+        return TenantSuspendedError(
+            f"tenant {execution.tenant_id!r} is {execution.tenant_status}; new work is refused"
+        )
+    if not execution.open:
+        return InvalidTransitionError(
+            f"execution {execution_id} is {execution.status}; it takes no new work"
+        )
+    return None
+
+
+def _lease_lost(lease: Any, worker_id: str | None, fence: int | None) -> LeaseLostError:
+    """The error for a lease that does not hold, naming the first false term of
+    :func:`statestore.db.queries.select_lease`'s row; if every term holds now, the item was
+    claimed again while the refused write ran."""
+    if not lease.claimed:
+        return LeaseLostError(f"work item {lease.id} is {lease.status}, not claimed")
+    if not lease.by_worker:
+        return LeaseLostError(f"work item {lease.id} is not leased to worker {worker_id!r}")
+    if not lease.by_fence:
+        return LeaseLostError(
+            f"work item {lease.id} has lease fence {lease.lease_fence}, not {fence} (stale lease)"
+        )
+    return LeaseLostError(f"work item {lease.id} was claimed again while completing")
+
+
 class QueueRepository(Repository):
     """Work items and their leases."""
 
@@ -100,14 +149,28 @@ class QueueRepository(Repository):
         """Add a pending work item; returns its id. Refused, with nothing written:
         NotFoundError (execution missing in this scope), InvalidTransitionError (execution
         finished), TenantSuspendedError (tenant not active), ConflictError (duplicate id)."""
+        new = self._checked_item(item)
+        execution_id = new.values["execution_id"]
+        if new.other_tenant is not None:
+            raise refusal_if_visible(session, execution_id, new.other_tenant)
+        refused = queries.enqueue_item(session, new.values)
+        if refused is not None:
+            # Every term holds now: the execution changed after the insert; retry.
+            raise _no_new_work(refused.subject, execution_id) or ConflictError(
+                f"execution {execution_id} changed while enqueueing; retry"
+            )
+        item_id: uuid.UUID = new.values["id"]
+        return item_id
+
+    def _checked_item(self, item: WorkItem) -> _Enqueue:
         item = coerce_model("item", WorkItem, item)
-        max_bytes = self.context.max_json_bytes
         now = self.context.now()
         values: dict[str, Any] = {
             "id": item.id,
+            "execution_id": item.execution_id,
             "node_id": check_identifier("node_id", item.node_id),
             "queue_type": check_identifier("queue_type", item.queue_type),
-            "payload": RawValue(json_text("payload", item.payload, max_bytes)),
+            "payload": json_text("payload", item.payload, self.context.max_json_bytes),
             "status": WorkItemStatus.PENDING.value,
             "priority": check_int(
                 "priority", item.priority, minimum=-MAX_PRIORITY, maximum=MAX_PRIORITY
@@ -126,23 +189,7 @@ class QueueRepository(Repository):
             "dead_lettered_at": None,
             "dedupe_key": None,
         }
-        refuse_foreign_child(self.context, session, item, item.execution_id)
-        if not queries.enqueue_item(session, values, item.execution_id):
-            self._explain_refused_enqueue(session, item.execution_id)
-        return item.id
-
-    @staticmethod
-    def _explain_refused_enqueue(session: Session, execution_id: uuid.UUID) -> NoReturn:
-        execution = queries.select_execution(session, execution_id)
-        if execution is None:
-            raise NotFoundError(f"execution {execution_id} not found")
-        require_active_tenant(session, execution.tenant_id)
-        if WorkflowStatus(execution.status).is_terminal:
-            raise InvalidTransitionError(
-                f"execution {execution_id} is {execution.status}; it takes no new work"
-            )
-        # It changed between the insert and this look: the caller may simply retry.
-        raise ConflictError(f"execution {execution_id} changed while enqueueing; retry")
+        return _Enqueue(values, self.context.other_tenant(item))
 
     def get(self, session: Session, item_id: uuid.UUID | str) -> WorkItem | None:
         row = select_row(session, WorkItemRow, WorkItemRow.id == check_uuid("item_id", item_id))
@@ -185,8 +232,10 @@ class QueueRepository(Repository):
         fence = check_optional_int("lease_fence", lease_fence, minimum=0)
         now = self.context.now()
         expires = now + self.context.lease_duration
-        if not queries.renew_lease(session, item_id, worker_id, fence, now, expires):
-            self._require_exists(session, item_id)
+        refused = queries.renew_lease(session, item_id, worker_id, fence, now, expires)
+        if refused is not None:
+            if refused.subject is None:
+                raise NotFoundError(f"work item {item_id} not found")
             raise LeaseLostError(
                 f"worker {worker_id!r} does not hold an unexpired lease on work item {item_id}"
             )
@@ -202,15 +251,19 @@ class QueueRepository(Repository):
         worker_id: str | None,
         lease_fence: int | None,
     ) -> None:
+        """Complete a claimed item held by this lease; a repeat by the same lease is a
+        no-op. Refused: NotFoundError, LeaseLostError."""
         item_id = check_uuid("item_id", item_id)
         worker_id = check_optional_identifier("worker_id", worker_id)
         fence = check_optional_int("lease_fence", lease_fence, minimum=0)
-        if queries.complete_claimed(session, item_id, worker_id, fence, self.context.now()):
-            return  # the common case: one conditional UPDATE
-        row = select_row(session, WorkItemRow, WorkItemRow.id == item_id)
-        if row is None:
+        refused = queries.complete_item(session, item_id, worker_id, fence, self.context.now())
+        if refused is None:
+            return
+        lease = refused.subject
+        if lease is None:
             raise NotFoundError(f"work item {item_id} not found")
-        self._explain_not_completed(row, worker_id, fence)
+        if not lease.completed_by_lease:
+            raise _lease_lost(lease, worker_id, fence)
 
     def complete_many(self, session: Session, items: Sequence[WorkItem]) -> list[bool]:
         if isinstance(items, str | bytes) or not isinstance(items, Sequence):
@@ -230,39 +283,19 @@ class QueueRepository(Repository):
             )
         now = self.context.now()
         guarded = list({(i, w, f) for i, w, f in held if w is not None})
-        done = queries.complete_each_claimed(session, guarded, now)
+        done = queries.complete_items(session, guarded, now)
         results = []
         for item_id, worker_id, fence in held:
             if (item_id, worker_id, fence) in done:
                 results.append(True)
                 done.discard((item_id, worker_id, fence))  # a duplicate of it is a repeat
                 continue
-            if queries.complete_claimed(session, item_id, worker_id, fence, now):
-                results.append(True)
-                continue
-            row = select_row(session, WorkItemRow, WorkItemRow.id == item_id)
-            try:
-                if row is None:
-                    raise LeaseLostError(f"work item {item_id} not found")
-                self._explain_not_completed(row, worker_id, fence)
-                results.append(True)  # a repeat by the same lease
-            except LeaseLostError:
-                results.append(False)
+            # Not held that way: complete it alone, which tells a repeat by the same lease
+            # (a no-op, True) from a lost lease (False).
+            refused = queries.complete_item(session, item_id, worker_id, fence, now)
+            lease = None if refused is None else refused.subject
+            results.append(refused is None or (lease is not None and lease.completed_by_lease))
         return results
-
-    def _explain_not_completed(
-        self, row: Any, worker_id: str | None, lease_fence: int | None
-    ) -> None:
-        """Why the conditional UPDATE of :func:`statestore.db.queries.complete_claimed` (the
-        one definition of what completes an item) changed nothing: a repeat by the same
-        lease is a no-op and returns; anything else raises LeaseLostError."""
-        if row.status == WorkItemStatus.COMPLETED.value:
-            self._check_holder(row, worker_id, lease_fence)
-            return
-        self._require_claimed(row)
-        self._check_holder(row, worker_id, lease_fence)
-        # Held as given now but not when the UPDATE ran: it was claimed again in between.
-        raise LeaseLostError(f"work item {row.id} was claimed again while completing")
 
     def fail(
         self,
@@ -278,14 +311,16 @@ class QueueRepository(Repository):
         delay = None if retry_in is None else check_timedelta("retry_in", retry_in)
         worker_id = check_optional_identifier("worker_id", worker_id)
         fence = check_optional_int("lease_fence", lease_fence, minimum=0)
-        row = self._locked(session, item_id)
-        self._require_claimed(row)
-        self._check_holder(row, worker_id, fence)
+        lease = queries.select_lease(session, item_id, worker_id, fence, lock=True)
+        if lease is None:
+            raise NotFoundError(f"work item {item_id} not found")
+        if not lease.held:
+            raise _lease_lost(lease, worker_id, fence)
         now = self.context.now()
         values: dict[str, Any] = {"last_error": error, "lease_expires_at": None, "updated_at": now}
         if delay is None:
             status = WorkItemStatus.FAILED
-        elif row.attempt < row.max_attempts:
+        elif lease.attempt < lease.max_attempts:
             status = WorkItemStatus.PENDING
             values.update(worker_id=None, available_at=now + delay)
         else:
@@ -313,15 +348,17 @@ class QueueRepository(Repository):
             raise ValidationError("give until or retry_in, not both")
         delay = None if retry_in is None else check_timedelta("retry_in", retry_in)
         due = None if until is None else check_datetime("until", until)
-        row = self._locked(session, item_id)
-        self._require_claimed(row)
-        self._check_holder(row, worker_id, fence)
+        lease = queries.select_lease(session, item_id, worker_id, fence, lock=True)
+        if lease is None:
+            raise NotFoundError(f"work item {item_id} not found")
+        if not lease.held:
+            raise _lease_lost(lease, worker_id, fence)
         now = self.context.now()
         self._update(
             session,
             item_id,
             status=WorkItemStatus.PENDING.value,
-            attempt=max(0, row.attempt - 1),
+            attempt=max(0, lease.attempt - 1),
             worker_id=None,
             lease_expires_at=None,
             available_at=due or (now + delay if delay is not None else now),
@@ -335,9 +372,10 @@ class QueueRepository(Repository):
     ) -> tuple[list[WorkItem], list[WorkItem]]:
         """Reclaim up to ``batch`` expired leases; returns (retryable, exhausted).
 
-        Each item changes only through a conditional UPDATE that re-checks status, lease
-        expiry and fence, so a renew landing in between wins (W-3), and two reclaimers
-        never report the same item (rows are locked with SKIP LOCKED on PostgreSQL)."""
+        Each item changes only through a conditional UPDATE that re-checks that it is still
+        claimed under the fence read here and that its lease has expired, so a renew landing
+        in between keeps the item with its worker, and two reclaimers never report the same
+        item (rows are locked with SKIP LOCKED on PostgreSQL)."""
         batch = check_int("batch", batch, minimum=1, maximum=10_000)
         now = self.context.now()
         expired = session.execute(
@@ -347,7 +385,7 @@ class QueueRepository(Repository):
                 WorkItemRow.max_attempts,
                 WorkItemRow.lease_fence,
             )
-            .where(WorkItemRow.status == queries.CLAIMED, WorkItemRow.lease_expires_at <= now)
+            .where(WorkItemRow.status == queries.CLAIMED, queries.lease_expired(now))
             .order_by(WorkItemRow.lease_expires_at)
             .limit(batch)
             .with_for_update(skip_locked=True)
@@ -386,21 +424,20 @@ class QueueRepository(Repository):
     ) -> list[WorkItem]:
         if not keys:
             return []
-        fence_matches: list[ColumnElement[bool]] = [
-            (WorkItemRow.id == item_id) & (WorkItemRow.lease_fence == fence)
+        still_held = [
+            and_(WorkItemRow.id == item_id, queries.lease_held(None, fence))
             for item_id, fence in keys
         ]
         rows = session.execute(
             update(WorkItemRow)
             .where(
                 WorkItemRow.id.in_([item_id for item_id, _ in keys]),
-                or_(*fence_matches),
-                WorkItemRow.status == queries.CLAIMED,
-                WorkItemRow.lease_expires_at <= now,
+                or_(*still_held),
+                queries.lease_expired(now),
             )
             .values(lease_expires_at=None, updated_at=now, **values)
             .returning(*row_columns(WorkItemRow))
-            .execution_options(**NO_SYNC)
+            .execution_options(**NO_SESSION_SYNC)
         ).all()
         return [item_from_row(row) for row in sorted(rows, key=lambda r: str(r.id))]
 
@@ -452,14 +489,9 @@ class QueueRepository(Repository):
         row = self._locked(session, item_id)
         if row.status != WorkItemStatus.DEAD_LETTERED.value:
             raise InvalidTransitionError(f"work item {item_id} is {row.status}, not dead-lettered")
-        require_active_tenant(session, row.tenant_id)
-        status = session.scalar(
-            select(ExecutionRow.status).where(ExecutionRow.id == row.execution_id)
-        )
-        if status is not None and WorkflowStatus(status).is_terminal:
-            raise InvalidTransitionError(
-                f"execution {row.execution_id} is {status}; it takes no new work"
-            )
+        refused = _no_new_work(queries.select_new_work(session, row.execution_id), row.execution_id)
+        if refused is not None:
+            raise refused
         now = self.context.now()
         self._update(
             session,
@@ -510,22 +542,3 @@ class QueueRepository(Repository):
     def _update(session: Session, item_id: uuid.UUID, **values: Any) -> None:
         """Write ``values`` to an item this operation has locked."""
         update_rows(session, WorkItemRow, WorkItemRow.id == item_id, **values)
-
-    @staticmethod
-    def _require_exists(session: Session, item_id: uuid.UUID) -> None:
-        if session.scalar(select(WorkItemRow.id).where(WorkItemRow.id == item_id)) is None:
-            raise NotFoundError(f"work item {item_id} not found")
-
-    @staticmethod
-    def _require_claimed(row: Any) -> None:
-        if row.status != WorkItemStatus.CLAIMED.value:
-            raise LeaseLostError(f"work item {row.id} is {row.status}, not claimed")
-
-    @staticmethod
-    def _check_holder(row: Any, worker_id: str | None, fence: int | None) -> None:
-        if worker_id is not None and row.worker_id != worker_id:
-            raise LeaseLostError(f"work item {row.id} is not leased to worker {worker_id!r}")
-        if fence is not None and row.lease_fence != fence:
-            raise LeaseLostError(
-                f"work item {row.id} has lease fence {row.lease_fence}, not {fence} (stale lease)"
-            )

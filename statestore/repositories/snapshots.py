@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from statestore.db import queries
 from statestore.db.schema import SnapshotRow
 from statestore.models import Snapshot
 from statestore.repositories.base import Repository, row_columns
@@ -21,16 +20,6 @@ from statestore.validation import (
     check_uuid,
     coerce_model,
 )
-
-# INSERT ... ON CONFLICT DO UPDATE: the same construct exists in both dialects.
-_UPSERT: dict[str, Callable[..., Any]] = {
-    "sqlite": sqlite.insert,
-    "postgresql": postgresql.insert,
-}
-
-
-# The snapshot's identity: (execution, at_sequence), and its tenant (the execution's).
-_KEY = frozenset({"tenant_id", "execution_id", "at_sequence"})
 
 
 def snapshot_from_row(row: Any) -> Snapshot:
@@ -61,7 +50,9 @@ class SnapshotRepository(Repository):
         active = [check_identifier("active_nodes", node) for node in snapshot.active_nodes]
         last_sequence = check_int("last_sequence", snapshot.last_sequence, minimum=0)
         tenant_id = execution_tenant(session, snapshot.execution_id)
-        self.context.check_child_tenant(snapshot, tenant_id)
+        other_tenant = self.context.other_tenant(snapshot)
+        if other_tenant is not None:
+            raise other_tenant
         values = {
             "id": snapshot.id,
             "tenant_id": tenant_id,
@@ -74,13 +65,7 @@ class SnapshotRepository(Repository):
             "last_sequence": last_sequence,
             "created_at": self.context.stamp(snapshot, "created_at"),
         }
-        insert = _UPSERT[session.get_bind().dialect.name](SnapshotRow).values(**values)
-        session.execute(
-            insert.on_conflict_do_update(
-                index_elements=[SnapshotRow.execution_id, SnapshotRow.at_sequence],
-                set_={key: values[key] for key in values if key not in _KEY},
-            )
-        )
+        queries.upsert_snapshot(session, values)
 
     def latest(self, session: Session, execution_id: uuid.UUID | str) -> Snapshot | None:
         row = session.execute(

@@ -34,13 +34,13 @@ def tenant_from_row(row: Any) -> Tenant:
 
 
 def require_active_tenant(session: Session, tenant_id: str, *, lock: bool = False) -> Any:
-    """The tenant's (id, status, limits), if it exists and is active; ``lock`` holds its row
-    until commit (serialising limit checks on PostgreSQL; SQLite already holds the write
+    """The tenant's (id, status, limits), if it exists and takes new work; ``lock`` holds its
+    row until commit (serialising limit checks on PostgreSQL; SQLite already holds the write
     lock)."""
     row = queries.select_tenant(session, tenant_id, lock=lock)
     if row is None:
         raise TenantError(f"tenant {tenant_id!r} does not exist")
-    if row.status != TenantStatus.ACTIVE:
+    if not row.active:
         raise TenantSuspendedError(f"tenant {tenant_id!r} is {row.status}; new work is refused")
     return row
 
