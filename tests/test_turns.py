@@ -4,8 +4,10 @@ materialize and snapshots as resume points (API.md, Part 2)."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -373,3 +375,53 @@ async def test_sibling_turns_each_see_the_other_in_their_snapshot(make_store: An
         assert snapshot is not None and snapshot.at_sequence == 2
         assert snapshot.completed_nodes == {"a": "a", "b": "b"}
         assert snapshot.state == {"a": True, "b": True}  # the fold of the events
+
+
+async def test_a_dedupe_key_keeps_one_active_item(store: StateStore) -> None:
+    run = await _started(store)
+    first = WorkItem(execution_id=run.execution_id, node_id="n", queue_type="q", dedupe_key="k")
+    assert await store.enqueue_work_item(first) == first.id
+    again = WorkItem(execution_id=run.execution_id, node_id="n2", queue_type="q", dedupe_key="k")
+    assert await store.enqueue_work_item(again) == first.id  # nothing written
+    assert await store.get_work_item(again.id) is None
+    other_queue = WorkItem(
+        execution_id=run.execution_id, node_id="n", queue_type="q2", dedupe_key="k"
+    )
+    assert await store.enqueue_work_item(other_queue) == other_queue.id
+    claimed = await store.claim_work_item("w", ["q"])  # claimed still holds the key
+    assert claimed is not None and claimed.dedupe_key == "k"
+    assert await store.enqueue_work_item(again) == first.id
+    await store.complete_work_item(claimed.id, worker_id="w", lease_fence=claimed.lease_fence)
+    assert await store.enqueue_work_item(again) == again.id  # settled: the key is free
+    # In a turn too: the successor's id is the existing item's.
+    item = await _claimed(store, run, "t")
+    dup = WorkItem(execution_id=run.execution_id, node_id="x", queue_type="q", dedupe_key="k")
+    result = await store.commit_turn(
+        item.id, worker_id="w1", lease_fence=item.lease_fence, enqueue=[dup]
+    )
+    assert result.enqueued == [again.id]
+
+
+async def test_concurrent_processes_enqueue_one_item_per_dedupe_key(
+    make_store: Any, database_url: str
+) -> None:
+    store: StateStore = await make_store()
+    run = await _started(store)
+    worker = Path(__file__).with_name("dedupe_worker.py")
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(worker),
+            database_url,
+            str(run.execution_id),
+            "shared",
+            "20",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
+    outputs = [await child.communicate() for child in children]
+    assert [child.returncode for child in children] == [0, 0, 0]
+    returned = {line for out, _ in outputs for line in out.decode().split()}
+    items = [i for i in await store.list_work_items(run.execution_id) if i.queue_type == "dq"]
+    assert len(items) == 1 and returned == {str(items[0].id)}

@@ -64,6 +64,7 @@ from sqlalchemy.sql.elements import Label
 
 from statestore.db.driver import DriverStatement, RawValue
 from statestore.db.schema import (
+    ACTIVE_DEDUPE_KEY,
     ApiTokenRow,
     Base,
     EffectRow,
@@ -130,6 +131,13 @@ def _as_built(
     and tenants (which belong to no tenant). Still fails closed without a scope."""
     session_scope(session)
     return _prepared(build, False, *shape).execute(_connection(session), params)
+
+
+# INSERT … ON CONFLICT: each dialect has its own insert construct for it.
+_DIALECT_INSERT: dict[str, Callable[..., Any]] = {
+    "sqlite": sqlite.insert,
+    "postgresql": postgresql.insert,
+}
 
 
 def _first(rows: list[Any]) -> Any:
@@ -309,12 +317,12 @@ def append_events(
         reserved = _first(_in_scope(session, _reserve, params, expecting))
         if reserved is not None:
             first = reserved.last_sequence - len(events) + 1
-            _insert_events(session, reserved.tenant_id, execution_id, first, events, created_at)
+            insert_events(session, reserved.tenant_id, execution_id, first, events, created_at)
             return int(first)
     return Refused(_first(_in_scope(session, _latest_sequence, {"p_id": execution_id})))
 
 
-def _insert_events(
+def insert_events(
     session: Session,
     tenant_id: str,
     execution_id: uuid.UUID,
@@ -322,7 +330,8 @@ def _insert_events(
     events: Sequence[NewEvent],
     created_at: datetime,
 ) -> None:
-    """Insert events at sequences ``first``, ``first + 1`` …, in their execution's tenant."""
+    """Insert events at sequences ``first``, ``first + 1`` … (reserved by the caller), in
+    their execution's tenant."""
     rows = [
         {
             "id": event.id,
@@ -387,11 +396,6 @@ def select_latest_sequence(session: Session, execution_id: uuid.UUID) -> int | N
 
 # ---------------------------------------------------------------- snapshots
 
-_UPSERT: dict[str, Callable[..., Any]] = {
-    "sqlite": sqlite.insert,
-    "postgresql": postgresql.insert,
-}
-
 
 # A snapshot's identity: its execution (whose tenant it has) and its sequence.
 _SNAPSHOT_KEY = frozenset({"tenant_id", "execution_id", "at_sequence"})
@@ -401,7 +405,9 @@ def upsert_snapshot(session: Session, values: dict[str, Any]) -> None:
     """Insert a snapshot row (its ``tenant_id`` resolved by the caller), or replace every
     other column of the one at the same (execution, at_sequence): ``INSERT … ON CONFLICT
     DO UPDATE``, a construct each dialect has its own class for."""
-    insert_snapshot = _UPSERT[_connection(session).dialect.name](SnapshotRow).values(**values)
+    insert_snapshot = _DIALECT_INSERT[_connection(session).dialect.name](SnapshotRow).values(
+        **values
+    )
     session.execute(
         insert_snapshot.on_conflict_do_update(
             index_elements=[SnapshotRow.execution_id, SnapshotRow.at_sequence],
@@ -422,11 +428,16 @@ def _new_work_terms() -> dict[str, ColumnElement[bool]]:
     }
 
 
-def _enqueue() -> Executable:
+def _enqueue(deduped_on: str | None = None) -> Executable:
     """Insert a pending work item, taking its tenant from its execution, only if the
     execution takes new work: ``INSERT INTO work_items … SELECT …, e.tenant_id FROM
     workflow_executions e WHERE e.id = :execution_id AND <terms> RETURNING id``. One
-    statement, so it needs no transaction around it."""
+    statement, so it needs no transaction around it.
+
+    ``deduped_on`` (a dialect's name): the item has a dedupe key, and the insert does
+    nothing where an active item already holds it (``ON CONFLICT (tenant_id, queue_type,
+    dedupe_key) WHERE <active> DO NOTHING``: the partial unique index decides, also between
+    concurrent enqueues). Each dialect has its own construct for it."""
     given = {
         attr.key: bindparam(attr.key, type_=attr.type)
         for attr in row_columns(WorkItemRow)
@@ -435,10 +446,27 @@ def _enqueue() -> Executable:
     source = select(*given.values(), ExecutionRow.id, ExecutionRow.tenant_id).where(
         ExecutionRow.id == bindparam("execution_id"), *_new_work_terms().values()
     )
-    return (
-        insert(WorkItemRow)
-        .from_select([*given, "execution_id", "tenant_id"], source)
-        .returning(WorkItemRow.id)
+    if deduped_on is None:
+        statement = insert(WorkItemRow)
+    else:
+        statement = _DIALECT_INSERT[deduped_on](WorkItemRow)
+    statement = statement.from_select([*given, "execution_id", "tenant_id"], source)
+    if deduped_on is not None:
+        statement = statement.on_conflict_do_nothing(  # type: ignore[attr-defined]
+            index_elements=[WorkItemRow.tenant_id, WorkItemRow.queue_type, WorkItemRow.dedupe_key],
+            index_where=ACTIVE_DEDUPE_KEY,
+        )
+    return statement.returning(WorkItemRow.id)
+
+
+def _deduped() -> Executable:
+    """The active item holding a dedupe key in an execution's tenant."""
+    tenant = select(ExecutionRow.tenant_id).where(ExecutionRow.id == bindparam("execution_id"))
+    return select(WorkItemRow.id).where(
+        WorkItemRow.tenant_id == tenant.scalar_subquery(),
+        WorkItemRow.queue_type == bindparam("queue_type"),
+        WorkItemRow.dedupe_key == bindparam("dedupe_key"),
+        WorkItemRow.status.in_([PENDING, CLAIMED]),
     )
 
 
@@ -458,14 +486,40 @@ def select_new_work(session: Session, execution_id: uuid.UUID) -> Any:
     return _first(_in_scope(session, _new_work, {"execution_id": execution_id}))
 
 
-def enqueue_item(session: Session, values: dict[str, Any]) -> Refused | None:
+def enqueue_item(session: Session, values: dict[str, Any]) -> Refused | Deduplicated | None:
     """Insert a pending work item (``values``: every column but ``tenant_id``, the payload
     as JSON text) if its execution takes new work, in one statement. Refused: the
-    execution's :func:`select_new_work` row."""
+    execution's :func:`select_new_work` row. With a dedupe key an active item already
+    holds: :class:`Deduplicated` with that item's id, nothing written."""
     params = {**values, "payload": RawValue(values["payload"])}
-    if _in_scope(session, _enqueue, params):
-        return None
-    return Refused(select_new_work(session, values["execution_id"]))
+    if values["dedupe_key"] is None:
+        if _in_scope(session, _enqueue, params):
+            return None
+        return Refused(select_new_work(session, values["execution_id"]))
+    dialect = _connection(session).dialect.name
+    # Inserted, or an active item holds the key: its id. If that item settled between the
+    # two statements the key is free again: insert again (a few times at most).
+    for _attempt in range(3):
+        if _in_scope(session, _enqueue, dict(params), dialect):
+            return None
+        holder = _first(_in_scope(session, _deduped, _dedupe_params(values)))
+        if holder is not None:
+            return Deduplicated(holder.id)
+        refused = select_new_work(session, values["execution_id"])
+        if refused is None or not all(getattr(refused, name) for name in _new_work_terms()):
+            return Refused(refused)
+    raise RuntimeError("the dedupe key changed hands three times while enqueueing")
+
+
+def _dedupe_params(values: dict[str, Any]) -> dict[str, Any]:
+    keys = ("execution_id", "queue_type", "dedupe_key")
+    return {key: values[key] for key in keys}
+
+
+class Deduplicated(NamedTuple):
+    """An enqueue that wrote nothing because an active item holds its dedupe key."""
+
+    item_id: uuid.UUID
 
 
 def _claim(type_count: int) -> Executable:
@@ -730,6 +784,66 @@ def select_token(session: Session, token_id: uuid.UUID, stand_in: dict[str, Any]
     (``s_<column>`` for every non-nullable column of ``api_tokens`` and ``s_tenant_status``)
     with ``found`` false."""
     return _in_scope(session, _token, {**stand_in, "p_id": token_id})[0]
+
+
+# ---------------------------------------------------------------- turns
+
+
+def _turn_lock() -> Executable:
+    """A turn's first statement: the item's execution, locked until commit (``FOR UPDATE
+    OF`` the execution: the row whose ``last_sequence`` every append bumps, so sibling
+    turns of one execution queue here), with what the turn needs of it."""
+    return (
+        select(
+            ExecutionRow.id.label("execution_id"),
+            ExecutionRow.tenant_id,
+            ExecutionRow.current_state,
+            ExecutionRow.last_sequence,
+        )
+        .select_from(WorkItemRow)
+        .join(ExecutionRow, ExecutionRow.id == WorkItemRow.execution_id)
+        .where(WorkItemRow.id == bindparam("p_id"))
+        .with_for_update(of=ExecutionRow)
+    )
+
+
+def lock_turn(session: Session, item_id: uuid.UUID) -> Any:
+    """Lock the execution of ``item_id`` (visible in this scope); its row (execution_id,
+    tenant_id, current_state, last_sequence), or ``None`` if the item is missing."""
+    return _first(_in_scope(session, _turn_lock, {"p_id": item_id}))
+
+
+def _advance(with_state: bool) -> Update:
+    """Reserve ``:p_count`` sequences of a locked execution and, ``with_state``, write its
+    new ``current_state``: one UPDATE for both."""
+    values: dict[str, Any] = {
+        "last_sequence": ExecutionRow.last_sequence + bindparam("p_count", type_=BigInteger)
+    }
+    if with_state:
+        values["current_state"] = bindparam("p_state", type_=ExecutionRow.current_state.type)
+        values["updated_at"] = bindparam("p_now", type_=UTCDateTime())
+    return (
+        update(ExecutionRow)
+        .where(ExecutionRow.id == bindparam("p_execution_id"))
+        .values(**values)
+        .returning(ExecutionRow.last_sequence)
+    )
+
+
+def advance_execution(
+    session: Session,
+    execution_id: uuid.UUID,
+    count: int,
+    state_json: str | None,
+    now: datetime,
+) -> int:
+    """Reserve ``count`` sequences of an execution the caller has locked (and set its
+    state to ``state_json`` when given); the first reserved sequence."""
+    params: dict[str, Any] = {"p_execution_id": execution_id, "p_count": count}
+    if state_json is not None:
+        params.update(p_state=RawValue(state_json), p_now=now)
+    (row,) = _in_scope(session, _advance, params, state_json is not None)
+    return int(row.last_sequence) - count + 1
 
 
 # ---------------------------------------------------------------- effects

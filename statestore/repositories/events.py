@@ -124,6 +124,14 @@ class EventRepository(Repository):
         expected = check_optional_int("expected_sequence", expected_sequence, minimum=0)
         return _Append(execution_id, events, self.context.now(), expected)
 
+    def encode(self, kinds: Sequence[BaseEventKind | dict[str, Any]]) -> list[queries.NewEvent]:
+        """Kinds checked and encoded as events to append (new ids), before any write."""
+        if isinstance(kinds, str | bytes | dict) or not isinstance(kinds, Sequence):
+            raise ValidationError("events must be a sequence of event kinds")
+        if len(kinds) > MAX_BATCH:
+            raise ValidationError(f"at most {MAX_BATCH} events per call")
+        return [self._new_event(uuid.uuid4(), parse_event_kind(kind)) for kind in kinds]
+
     def _new_event(self, event_id: uuid.UUID, kind: BaseEventKind) -> queries.NewEvent:
         """An event's id, its kind's ``type`` and the kind's checked JSON text."""
         # JSON mode would stringify non-str keys: check the kind's own values (what

@@ -91,6 +91,7 @@ def item_from_row(row: Any) -> WorkItem:
         last_error=row.last_error,
         created_at=row.created_at,
         tenant_id=row.tenant_id,
+        dedupe_key=row.dedupe_key,
     )
 
 
@@ -146,7 +147,9 @@ class QueueRepository(Repository):
 
     @single_statement
     def enqueue(self, session: Session, item: WorkItem) -> uuid.UUID:
-        """Add a pending work item; returns its id. Refused, with nothing written:
+        """Add a pending work item; returns its id (an active item's with the same tenant,
+        queue type and dedupe key, if one exists: nothing is written then). Refused, with
+        nothing written:
         NotFoundError (execution missing in this scope), InvalidTransitionError (execution
         finished), TenantSuspendedError (tenant not active), ConflictError (duplicate id)."""
         new = self._checked_item(item)
@@ -154,6 +157,8 @@ class QueueRepository(Repository):
         if new.other_tenant is not None:
             raise refusal_if_visible(session, execution_id, new.other_tenant)
         refused = queries.enqueue_item(session, new.values)
+        if isinstance(refused, queries.Deduplicated):
+            return refused.item_id  # an active item holds the dedupe key: nothing written
         if refused is not None:
             # Every term holds now: the execution changed after the insert; retry.
             raise _no_new_work(refused.subject, execution_id) or ConflictError(
@@ -187,7 +192,7 @@ class QueueRepository(Repository):
             "created_at": self.context.stamp(item, "created_at"),
             "updated_at": now,
             "dead_lettered_at": None,
-            "dedupe_key": None,
+            "dedupe_key": check_optional_identifier("dedupe_key", item.dedupe_key),
         }
         return _Enqueue(values, self.context.other_tenant(item))
 

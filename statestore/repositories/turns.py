@@ -17,16 +17,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from statestore.db import queries
 from statestore.db.schema import ExecutionRow
 from statestore.db.tenancy import narrowed_to
 from statestore.errors import LeaseLostError, NotFoundError, ValidationError
-from statestore.event_kinds import BaseEventKind, parse_event_kind
+from statestore.event_kinds import parse_event_kind
+from statestore.json_patch import merge_patch
 from statestore.materialize import fold, initial_state, snapshot_state
 from statestore.models import (
     MaterializedState,
@@ -52,6 +54,7 @@ from statestore.validation import (
     check_timedelta,
     check_uuid,
     coerce_model,
+    json_text,
 )
 
 
@@ -62,7 +65,7 @@ class Turn:
     item_id: uuid.UUID
     worker_id: str
     lease_fence: int
-    events: list[BaseEventKind]
+    events: list[queries.NewEvent]
     state_patch: Any
     enqueue: list[WorkItem]
     fail: str | None
@@ -119,7 +122,7 @@ class TurnRepository(Repository):
             item_id=check_uuid("item_id", item_id),
             worker_id=check_identifier("worker_id", worker_id),
             lease_fence=check_int("lease_fence", lease_fence, minimum=0),
-            events=[parse_event_kind(kind) for kind in _sequence("events", events, MAX_BATCH)],
+            events=self.events.encode(events),
             state_patch=None
             if state_patch is None
             else check_json("state_patch", state_patch, max_bytes),
@@ -136,29 +139,19 @@ class TurnRepository(Repository):
         )
 
     def commit(self, session: Session, turn: Turn) -> TurnResult:
-        """The turn, all of it or nothing (the runner's transaction)."""
-        found = self.queue.get(session, turn.item_id)
-        if found is None:
+        """The turn, all of it or nothing (the runner's transaction). On PostgreSQL a
+        plain step is BEGIN, the lock, the settle, one UPDATE of the execution, the events'
+        INSERT, one INSERT per successor, COMMIT."""
+        locked = queries.lock_turn(session, turn.item_id)
+        if locked is None:
             raise NotFoundError(f"work item {turn.item_id} not found")
-        execution_id = found.execution_id
+        execution_id = locked.execution_id
+        now = self.context.now()
         # The turn acts for the item's tenant only: successors may target any execution of
         # that tenant, never another's (also on the unscoped store).
-        with narrowed_to(session, found.tenant_id):
-            self._lock_execution(session, execution_id)
-            # Read again under the lock: a sibling turn of the same lease may just have
-            # committed. A turn commits at most once per lease.
-            held = self.queue.get(session, turn.item_id)
-            if held is None or held.status is not WorkItemStatus.CLAIMED:
-                state = "gone" if held is None else held.status.value
-                raise LeaseLostError(f"work item {turn.item_id} is {state}, not claimed")
-            item_status = self._settle(session, turn)
-            sequences = (
-                self.events.append_many(session, execution_id, turn.events, None)
-                if turn.events
-                else []
-            )
-            if turn.state_patch is not None:
-                self.executions.merge_state(session, execution_id, turn.state_patch)
+        with narrowed_to(session, locked.tenant_id):
+            item_status = self._settle(session, turn, now)
+            sequences = self._advance(session, turn, locked, now)
             enqueued = [self.queue.enqueue(session, item) for item in turn.enqueue]
             if turn.status is not None:
                 self.executions.update_status(session, execution_id, turn.status, None)
@@ -166,7 +159,7 @@ class TurnRepository(Repository):
             if turn.effect_key is not None and turn.effect is not None:
                 self.effects.record(
                     session,
-                    found.tenant_id,
+                    locked.tenant_id,
                     turn.effect_key,
                     turn.effect,
                     execution_id,
@@ -179,24 +172,39 @@ class TurnRepository(Repository):
             snapshot_at=snapshot_at,
         )
 
-    def _settle(self, session: Session, turn: Turn) -> WorkItemStatus:
-        """Complete the item, or fail it as ``fail_work_item`` would; both fenced."""
-        if turn.fail is None:
-            self.queue.complete(session, turn.item_id, turn.worker_id, turn.lease_fence)
-            return WorkItemStatus.COMPLETED
-        return self.queue.fail(
-            session, turn.item_id, turn.fail, turn.retry_in, turn.worker_id, turn.lease_fence
-        )
+    def _advance(self, session: Session, turn: Turn, locked: Any, now: datetime) -> list[int]:
+        """The events and the state patch: one UPDATE of the locked execution (sequences
+        reserved, state merged from the row read under the lock), then the events' INSERT."""
+        state_json = None
+        if turn.state_patch is not None:
+            merged = merge_patch(locked.current_state, turn.state_patch)
+            state_json = json_text("current_state", merged, self.context.max_json_bytes)
+        if not turn.events and state_json is None:
+            return []
+        execution_id = locked.execution_id
+        count = len(turn.events)
+        first = queries.advance_execution(session, execution_id, count, state_json, now)
+        if turn.events:
+            queries.insert_events(session, locked.tenant_id, execution_id, first, turn.events, now)
+        return list(range(first, first + count))
 
-    @staticmethod
-    def _lock_execution(session: Session, execution_id: uuid.UUID) -> None:
-        """The execution's row lock until commit (PostgreSQL; SQLite's writer holds the
-        database write lock)."""
-        locked = session.execute(
-            select(ExecutionRow.id).where(ExecutionRow.id == execution_id).with_for_update()
-        ).first()
-        if locked is None:
-            raise NotFoundError(f"execution {execution_id} not found")
+    def _settle(self, session: Session, turn: Turn, now: datetime) -> WorkItemStatus:
+        """Complete the item, or fail it as ``fail_work_item`` would; both fenced. Unlike
+        ``complete_work_item``, a repeat by the same lease is refused: a turn commits at
+        most once per lease."""
+        if turn.fail is not None:
+            return self.queue.fail(
+                session, turn.item_id, turn.fail, turn.retry_in, turn.worker_id, turn.lease_fence
+            )
+        refused = queries.complete_item(
+            session, turn.item_id, turn.worker_id, turn.lease_fence, now
+        )
+        if refused is not None:
+            raise LeaseLostError(
+                f"work item {turn.item_id} is not claimed by worker {turn.worker_id!r} "
+                f"with lease fence {turn.lease_fence}"
+            )
+        return WorkItemStatus.COMPLETED
 
     def _snapshot(self, session: Session, execution_id: uuid.UUID) -> int:
         """Write the materialized state at the execution's last sequence; returns it."""
