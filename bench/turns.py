@@ -1465,10 +1465,6 @@ def standing(results: Results, backends: Sequence[str]) -> str:
     return "\n\n".join(paragraphs)
 
 
-PROFILED_AT = "06d69a2"
-"""The commit at which the turn was profiled by hand for the explanation below."""
-
-
 def why_turn(results: Results) -> str:
     trips = results.trips
     statements = [
@@ -1478,24 +1474,16 @@ def why_turn(results: Results) -> str:
         return ""
     wire = f" (on PostgreSQL {trips.store} round trips against {trips.raw})" if trips.store else ""
     return (
-        f"Why commit_turn is behind its raw transaction: the store's turn runs"
-        f" {len(statements)} statements where raw runs 5{wire}, and most of them the slow way."
-        f" At commit {PROFILED_AT} it reads the item before taking the execution's lock and"
-        " again after it, locks the execution twice (the lock, then the state merge's own"
-        " `SELECT … FOR UPDATE` of the whole row), and bumps `last_sequence` and writes the"
-        " state in two `UPDATE`s; raw reads the state with the lock and writes both in one."
-        " And those statements go through the ORM `Session`, each Core construct built,"
-        " cache-keyed and executed by SQLAlchemy on every call, where `append_event`,"
-        " `claim_work_item` and `complete_work_item` run precompiled on the DBAPI cursor"
-        " (statestore/db/driver.py). Measured by hand at that commit, one caller, no load"
-        " of our own: a turn that only settles its item took 1.05 ms on SQLite and 2.5 ms on"
-        " PostgreSQL against 0.27 ms and 0.48 ms for `append_event`; a full turn 2.4 ms and"
-        " 4.1 ms; in a profile of 100 SQLite turns the sqlite3 cursor was a few percent of"
-        " the turn, SQLAlchemy's statement building, cache keys and ORM execution most of"
-        " the rest. On SQLite the writer thread does that Python under the GIL for every"
-        " turn of a group, so concurrent callers gain little. To reach 0.6x the turn needs the"
-        " hot-path treatment the other writes got: the item, the lock and the state in one"
-        " statement, the sequence and the state in one `UPDATE`, all on the driver path."
+        f"Where the gap to raw is: the store's turn sends {len(statements)} statements where"
+        f" raw sends 5{wire} — the execution locked through the item, the fenced settle, one"
+        " `UPDATE` of the execution for the sequences and the state, the events' `INSERT`,"
+        " the successor's `INSERT` — all on the precompiled driver path"
+        " (statestore/db/driver.py). What is left is the Python raw does not do: every"
+        " argument checked and encoded before the first statement (event kinds validated by"
+        " their models, JSON checked for size, depth and NaN), the merge patch, the tenant"
+        " scope, the successor's checks, the runner's task and typed results. On SQLite the"
+        " writer thread runs that Python under the GIL it shares with the event loop, so"
+        " concurrent callers gain less than raw group commit does."
     )
 
 
@@ -1518,9 +1506,9 @@ def why_engine(results: Results) -> str:
             " the store calls, but each turn costs several of the separate engine's"
             " fast-path calls (above) — "
             + "; ".join(parts)
-            + ". A turn that cost about what its raw transaction does would make a step a"
-            " claim and one cheap turn against six fast-path calls: that is where we expect"
-            " the 3x to come from (not measured yet)."
+            + ". Each step still pays its claim (a transaction of its own) and the workers'"
+            " 2 ms idle poll, which both engines share; with five steps per execution and"
+            " four workers the claim and the poll are a large part of a turns step."
         )
     dbos = []
     for backend in BACKENDS:

@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 from conftest import T0, Clock
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_materialize import KINDS
 
 from statestore import (
     LeaseLostError,
@@ -28,6 +31,7 @@ from statestore import (
     WorkItem,
     WorkItemStatus,
 )
+from statestore.materialize import fold, initial_state
 
 
 async def _started(store: StateStore, **state: Any) -> WorkflowExecution:
@@ -425,3 +429,30 @@ async def test_concurrent_processes_enqueue_one_item_per_dedupe_key(
     returned = {line for out, _ in outputs for line in out.decode().split()}
     items = [i for i in await store.list_work_items(run.execution_id) if i.queue_type == "dq"]
     assert len(items) == 1 and returned == {str(items[0].id)}
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(kinds=st.lists(KINDS, max_size=12), data=st.data())
+async def test_materialize_from_a_stored_snapshot_at_any_cut_equals_the_full_fold(
+    store: StateStore, kinds: list[Any], data: st.DataObject
+) -> None:
+    """Through the database: events appended, a snapshot of the fold of the first k
+    written with write_snapshot, then materialize (snapshot + tail) equals the fold of all."""
+    run = WorkflowExecution(workflow_id="wf", workflow_version="1", initial_input={"n": 0})
+    await store.create_execution(run)
+    if kinds:
+        await store.append_events(run.execution_id, kinds)
+    events = await store.get_events(run.execution_id)
+    cut = data.draw(st.integers(0, len(events)), label="cut")
+    head = fold(initial_state(run), events[:cut])
+    await store.write_snapshot(
+        Snapshot(
+            execution_id=run.execution_id,
+            at_sequence=head.last_sequence,
+            state=head.current_state,
+            status=head.status,
+            completed_nodes=head.completed_nodes,
+            active_nodes=head.active_nodes,
+        )
+    )
+    assert await store.materialize(run.execution_id) == fold(initial_state(run), events)
