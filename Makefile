@@ -15,8 +15,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing chromium for the browser tests (apt-get)"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install \
-	    -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get \
+	    install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; \
 	} || echo "warning: chromium not installed; the browser tests will skip (fail under CI=true)"
 
 # Idempotent: makes .venv once, reinstalls only when pyproject.toml changes.

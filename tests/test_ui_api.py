@@ -156,6 +156,33 @@ async def test_executions_keyset_pages_and_filters(make_store: StoreFactory, clo
         assert (await ok(http, "/api/executions?tenant=nobody"))["items"] == []
 
 
+async def test_lists_over_more_tenants_than_are_merged(
+    make_store: StoreFactory, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond MAX_TENANTS a list is one range over all tenants, paged the same way; a
+    tenant filter names any tenant."""
+    monkeypatch.setattr(data, "MAX_TENANTS", 1)
+    store = await make_store(clock=clock)
+    await store.create_tenant(Tenant(id="acme", name="Acme"))
+    made = []
+    for view in (store, store.for_tenant("acme"), store, store.for_tenant("acme")):
+        clock.advance(1)
+        made.append(str(await new_execution(view)))
+        item = await view.enqueue_work_item(
+            WorkItem(execution_id=made[-1], node_id="n", queue_type="q")
+        )
+        await view.move_to_dead_letter(item, "x")
+    async with client(store) as http:
+        first = await ok(http, "/api/executions?limit=3")
+        rest = await ok(http, f"/api/executions?limit=3&after={first['next']}")
+        seen = [e["execution_id"] for e in first["items"] + rest["items"]]
+        assert seen == made[::-1] and rest["next"] is None
+        acme = await ok(http, "/api/executions?tenant=acme")
+        assert [e["execution_id"] for e in acme["items"]] == [made[3], made[1]]
+        letters = await ok(http, "/api/dead-letters")
+        assert [d["execution_id"] for d in letters["items"]] == made[::-1]
+
+
 async def test_one_execution_timeline_state_snapshots_and_work_items(
     store: StateStore, local: httpx.AsyncClient
 ) -> None:
