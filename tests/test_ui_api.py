@@ -4,12 +4,9 @@ pages, bounded counts, who may see what, and that user data is shown as text."""
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -19,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import Clock, StoreFactory
+from ui_server import start_ui, stop
 
 from statestore import (
     Event,
@@ -156,6 +154,33 @@ async def test_executions_keyset_pages_and_filters(make_store: StoreFactory, clo
             eid for eid in newest_first if eid in {made[0][1], made[3][1], made[6][1]}
         ]
         assert (await ok(http, "/api/executions?tenant=nobody"))["items"] == []
+
+
+async def test_lists_over_more_tenants_than_are_merged(
+    make_store: StoreFactory, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond MAX_TENANTS a list is one range over all tenants, paged the same way; a
+    tenant filter names any tenant."""
+    monkeypatch.setattr(data, "MAX_TENANTS", 1)
+    store = await make_store(clock=clock)
+    await store.create_tenant(Tenant(id="acme", name="Acme"))
+    made = []
+    for view in (store, store.for_tenant("acme"), store, store.for_tenant("acme")):
+        clock.advance(1)
+        made.append(str(await new_execution(view)))
+        item = await view.enqueue_work_item(
+            WorkItem(execution_id=made[-1], node_id="n", queue_type="q")
+        )
+        await view.move_to_dead_letter(item, "x")
+    async with client(store) as http:
+        first = await ok(http, "/api/executions?limit=3")
+        rest = await ok(http, f"/api/executions?limit=3&after={first['next']}")
+        seen = [e["execution_id"] for e in first["items"] + rest["items"]]
+        assert seen == made[::-1] and rest["next"] is None
+        acme = await ok(http, "/api/executions?tenant=acme")
+        assert [e["execution_id"] for e in acme["items"]] == [made[3], made[1]]
+        letters = await ok(http, "/api/dead-letters")
+        assert [d["execution_id"] for d in letters["items"]] == made[::-1]
 
 
 async def test_one_execution_timeline_state_snapshots_and_work_items(
@@ -416,80 +441,30 @@ async def test_the_app_needs_the_unscoped_store(store: StateStore) -> None:
 # ---------------------------------------------------------------- the command
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_until_serving(process: subprocess.Popen[str], port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(
-                f"statestore ui exited: {process.stderr and process.stderr.read()}"
-            )
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("statestore ui did not start serving")
-
-
-def start_ui(url: str, *args: str) -> tuple[subprocess.Popen[str], int]:
-    """``statestore ui`` in a subprocess on a free port (the caller stops it)."""
-    port = _free_port()
-    statestore = str(Path(sys.executable).with_name("statestore"))
-    process = subprocess.Popen(
-        [statestore, "--url", url, "ui", "--port", str(port), *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={k: v for k, v in os.environ.items() if k != "STATESTORE_DATABASE_URL"},
-    )
-    try:
-        _wait_until_serving(process, port)
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-    return process, port
-
-
-def stop(process: subprocess.Popen[str]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 async def test_the_command_serves_the_store(database_url: str, store: StateStore) -> None:
     eid = await new_execution(store, workflow="served")
-    process, port = start_ui(database_url)
+    server = start_ui(database_url)
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        async with httpx.AsyncClient(base_url=server.url) as http:
             listed = await ok(http, "/api/executions")
             assert [e["execution_id"] for e in listed["items"]] == [str(eid)]
             assert (await http.get("/static/inspector.js")).status_code == 200
     finally:
-        stop(process)
+        stop(server)
 
 
 async def test_the_command_bound_off_loopback_asks_for_a_token(
     database_url: str, store: StateStore
 ) -> None:
     token, _ = await store.create_token("ops", TokenRole.OPERATOR)
-    process, port = start_ui(database_url, "--host", "0.0.0.0")
+    server = start_ui(database_url, "--host", "0.0.0.0")
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        async with httpx.AsyncClient(base_url=server.url) as http:
             assert (await http.get("/api/overview")).status_code == 401
             headers = {"Authorization": f"Bearer {token}"}
             assert (await http.get("/api/overview", headers=headers)).status_code == 200
     finally:
-        stop(process)
+        stop(server)
 
 
 def test_the_command_on_a_missing_database_fails_in_one_line(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from statestore import telemetry
 from statestore.db.engine import (
     DatabaseConfig,
     SqliteSettings,
@@ -40,13 +41,22 @@ class Backend:
         self._schema_checked = False
 
     async def write(self, op: Operation[T], scope: Scope) -> T:
-        """One write transaction (see :meth:`Runner.write`)."""
+        """One write transaction (see :meth:`Runner.write`), traced when OpenTelemetry is
+        installed (:mod:`statestore.telemetry`)."""
         await self._ready()
+        if telemetry.ENABLED:
+            return await telemetry.traced(
+                self.runner.write, op, scope, db_system=self.config.dialect, write=True
+            )
         return await self.runner.write(op, scope)
 
     async def read(self, op: Operation[T], scope: Scope) -> T:
-        """One read (see :meth:`Runner.read`)."""
+        """One read (see :meth:`Runner.read`), traced like :meth:`write`."""
         await self._ready()
+        if telemetry.ENABLED:
+            return await telemetry.traced(
+                self.runner.read, op, scope, db_system=self.config.dialect, write=False
+            )
         return await self.runner.read(op, scope)
 
     async def on_connection(self, fn: Callable[[Connection], T]) -> T:

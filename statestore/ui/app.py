@@ -42,6 +42,7 @@ COOKIE = "statestore_token"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 ALL_TENANTS_TENANT = "default"
 MAX_FORM_BYTES = 4096
+SIGNED_OUT = "not signed in"
 _LINE_BREAK = re.compile(r"\n\s*")
 
 SECURITY_HEADERS = {
@@ -133,8 +134,7 @@ class Inspector:
     ) -> HTMLResponse:
         template = self.templates.get_template(name)
         html = template.render(
-            **context,
-            who=_who(token),
+            **{"who": _who(token), **context},
             signed_in=token is not None and COOKIE in request.cookies,
             path=request.url.path,
         )
@@ -198,7 +198,7 @@ def create_app(
             return inspector.page(
                 request,
                 "login.html",
-                {"error": refused.reason, "next": request.url.path},
+                {"error": refused.reason, "next": request.url.path, "who": SIGNED_OUT},
                 token=None,
                 status_code=401,
             )
@@ -277,7 +277,8 @@ def create_app(
 
     async def login_form(request: Request) -> Response:
         next_path = _safe_next(request.query_params.get("next"))
-        return inspector.page(request, "login.html", {"error": None, "next": next_path}, token=None)
+        context = {"error": None, "next": next_path, "who": SIGNED_OUT}
+        return inspector.page(request, "login.html", context, token=None)
 
     async def login(request: Request) -> Response:
         body = await _small_body(request)
@@ -289,7 +290,7 @@ def create_app(
             return inspector.page(
                 request,
                 "login.html",
-                {"error": "this token is not valid", "next": next_path},
+                {"error": "this token is not valid", "next": next_path, "who": SIGNED_OUT},
                 token=None,
                 status_code=401,
             )

@@ -126,13 +126,18 @@ async def visible_tenants(store: StateStore) -> list[Json]:
     ]
 
 
-def _tenant_ids(store: StateStore, tenants: Sequence[Json], wanted: str | None) -> list[str]:
-    ids = [str(t["id"]) for t in tenants]
+async def _list_tenants(store: StateStore, wanted: str | None) -> list[str | None]:
+    """Which tenants a list reads, one index range each: the one asked for (on a tenant's
+    view only its own), else every tenant while there are at most :data:`MAX_TENANTS`;
+    beyond that ``[None]``, one range over all tenants (the database sorts that one)."""
+    if store.tenant_id is not None:
+        return [] if wanted not in (None, store.tenant_id) else [store.tenant_id]
     if wanted:
-        if wanted not in ids:
-            return []  # another tenant's, or none: nothing to show
         return [wanted]
-    return ids
+    tenants = await store.list_tenants()
+    if len(tenants) > MAX_TENANTS:
+        return [None]
+    return [t.id for t in tenants]
 
 
 # ---------------------------------------------------------------- overview
@@ -203,8 +208,8 @@ async def overview(store: StateStore) -> Json:
 
 def _merged_page(
     session: Session,
-    tenant_ids: Sequence[str],
-    query: Callable[[str], Rows],
+    tenant_ids: Sequence[str | None],
+    query: Callable[[str | None], Rows],
     key: Callable[[Any], tuple[datetime, uuid.UUID]],
     limit: int,
 ) -> list[Any]:
@@ -261,10 +266,12 @@ async def executions(
     if status and status not in {s.value for s in WorkflowStatus}:
         raise BadRequest(f"unknown status {status[:40]!r}")
     cursor = decode_cursor(after)
-    tenants = _tenant_ids(store, await visible_tenants(store), tenant_id)
+    tenants = await _list_tenants(store, tenant_id)
 
-    def query(tenant: str) -> Rows:
-        statement = select(*_EXECUTION_COLUMNS).where(ExecutionRow.tenant_id == tenant)
+    def query(tenant: str | None) -> Rows:
+        statement = select(*_EXECUTION_COLUMNS)
+        if tenant is not None:
+            statement = statement.where(ExecutionRow.tenant_id == tenant)
         if status:
             statement = statement.where(ExecutionRow.status == status)
         if workflow_id:
@@ -296,7 +303,7 @@ async def executions(
         "next": page["next"],
         "filters": {"status": status, "workflow_id": workflow_id, "tenant_id": tenant_id},
         "statuses": [s.value for s in WorkflowStatus],
-        "tenants": tenants if store.tenant_id is None else [store.tenant_id],
+        "tenants": [str(t["id"]) for t in await visible_tenants(store)],
     }
 
 
@@ -310,9 +317,9 @@ async def dead_letters(
     """Dead-lettered work items, newest first (the dead-letter index, one range per
     tenant); a keyset page after ``after``."""
     cursor = decode_cursor(after)
-    tenants = _tenant_ids(store, await visible_tenants(store), None)
+    tenants = await _list_tenants(store, None)
 
-    def query(tenant: str) -> Rows:
+    def query(tenant: str | None) -> Rows:
         statement = select(
             WorkItemRow.id,
             WorkItemRow.tenant_id,
@@ -324,10 +331,11 @@ async def dead_letters(
             WorkItemRow.last_error,
             WorkItemRow.dead_lettered_at,
         ).where(
-            WorkItemRow.tenant_id == tenant,
             WorkItemRow.status == WorkItemStatus.DEAD_LETTERED.value,
             WorkItemRow.dead_lettered_at.is_not(None),
         )
+        if tenant is not None:
+            statement = statement.where(WorkItemRow.tenant_id == tenant)
         if cursor is not None:
             statement = statement.where(
                 _before(WorkItemRow.dead_lettered_at, WorkItemRow.id, cursor)
