@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
@@ -14,13 +15,14 @@ from typing import Any
 from statestore.db.backend import Backend
 from statestore.db.runner import Call
 from statestore.db.tenancy import Scope
+from statestore.db.wakeup import FALLBACK_POLL_S
 from statestore.errors import ConflictError, LeaseLostError, StateStoreError, ValidationError
-from statestore.models import ApiToken, Event, ReclaimResult, WorkflowExecution
+from statestore.models import ApiToken, Event, ReclaimResult, WorkflowExecution, WorkItem
 from statestore.repositories.auth import AuthRepository
 from statestore.repositories.events import EventRepository
 from statestore.repositories.queue import RECLAIM_BATCH, QueueRepository
 from statestore.repositories.turns import TurnRepository
-from statestore.validation import check_identifier, check_int, coerce_model
+from statestore.validation import check_identifier, check_int, check_timedelta, coerce_model
 
 _log = logging.getLogger("statestore")
 
@@ -44,6 +46,60 @@ async def iter_events(
         if len(page) < batch:
             return
         cursor = page[-1].sequence
+
+
+def wait_seconds(wait: timedelta | float | None) -> float:
+    """``wait`` of a claim in seconds (0: do not wait)."""
+    if wait is None:
+        return 0.0
+    if isinstance(wait, bool) or not isinstance(wait, timedelta | int | float):
+        raise ValidationError(f"wait must be a timedelta or seconds, got {type(wait).__name__}")
+    if not isinstance(wait, timedelta):
+        if not math.isfinite(wait) or abs(wait) > 1e10:
+            raise ValidationError("wait must be a finite number of seconds")
+        wait = timedelta(seconds=float(wait))
+    return check_timedelta("wait", wait).total_seconds()
+
+
+async def claim_waiting(
+    backend: Backend,
+    scope: Scope,
+    queue: QueueRepository,
+    worker_id: str,
+    queue_types: Sequence[str],
+    limit: int,
+    wait: timedelta | float | None,
+) -> list[WorkItem]:
+    """Claim up to ``limit`` items; with none eligible, wait up to ``wait`` for one, woken
+    by the database (:mod:`statestore.db.wakeup`) or by the timer of the earliest delayed
+    item, and claim again; a waiter that loses the race waits on until its deadline.
+    Cancelling it while it waits claims nothing (each claim is one shielded transaction)."""
+    seconds = wait_seconds(wait)
+    claim = Call(queue.claim, (worker_id, queue_types, limit))
+    if seconds <= 0:
+        return await backend.write(claim, scope)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    waker = backend.waker
+    with waker.waiting(queue_types) as woken:
+        while True:
+            woken.clear()  # before the claim: a commit after it wakes the wait below
+            items = await backend.write(claim, scope)
+            remaining = deadline - loop.time()
+            if items or remaining <= 0:
+                return items
+            due = await backend.read(Call(queue.next_due, (queue_types,)), scope)
+            timeout = remaining
+            if due is not None:
+                until_due = (due - queue.context.now()).total_seconds()
+                timeout = min(timeout, max(until_due, 0.0) + 0.001)
+            if not waker.reliable:
+                timeout = min(timeout, FALLBACK_POLL_S)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that arrives as the event is set.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await woken.wait()
 
 
 async def reclaim_expired_leases(

@@ -370,17 +370,35 @@ class StateStore:
         a duplicate id: ``ConflictError``."""
         return await self._write(self.queue.enqueue, item)
 
-    async def claim_work_item(self, worker_id: str, queue_types: Sequence[str]) -> WorkItem | None:
+    async def claim_work_item(
+        self,
+        worker_id: str,
+        queue_types: Sequence[str],
+        *,
+        wait: timedelta | float | None = None,
+    ) -> WorkItem | None:
         """Atomically lease the next due pending item of these queue types (highest
-        priority, then oldest), or ``None``. Never hands one item to two workers."""
-        items = await self._write(self.queue.claim, worker_id, queue_types, 1)
+        priority, then oldest), or ``None``. Never hands one item to two workers. With
+        ``wait`` (a timedelta or seconds) and nothing eligible, wait up to that long for an
+        item, woken by the database, not by polling (see docs/operations.md)."""
+        items = await procedures.claim_waiting(
+            self._backend, self._scope, self.queue, worker_id, queue_types, 1, wait
+        )
         return items[0] if items else None
 
     async def claim_work_items(
-        self, worker_id: str, queue_types: Sequence[str], limit: int
+        self,
+        worker_id: str,
+        queue_types: Sequence[str],
+        limit: int,
+        *,
+        wait: timedelta | float | None = None,
     ) -> list[WorkItem]:
-        """Lease up to ``limit`` (1..1000) items in one transaction, in claim order."""
-        return await self._write(self.queue.claim, worker_id, queue_types, limit)
+        """Lease up to ``limit`` (1..1000) items in one transaction, in claim order; with
+        ``wait``, wait up to that long for at least one (like :meth:`claim_work_item`)."""
+        return await procedures.claim_waiting(
+            self._backend, self._scope, self.queue, worker_id, queue_types, limit, wait
+        )
 
     async def renew_lease(
         self, item_id: uuid.UUID | str, worker_id: str, *, lease_fence: int | None = None

@@ -24,6 +24,7 @@ from statestore.db.sqlite_readers import ReaderPool
 from statestore.db.sqlite_runner import SqliteRunner
 from statestore.db.sqlite_writer import GroupCommitWriter
 from statestore.db.tenancy import Scope
+from statestore.db.wakeup import Waker
 from statestore.errors import DatabaseError
 
 T = TypeVar("T")
@@ -39,6 +40,10 @@ class Backend:
         self.runner = runner
         self.closed = False
         self._schema_checked = False
+        self.waker = Waker(config)
+        """Wakes claims waiting for work (:mod:`statestore.db.wakeup`)."""
+        if isinstance(runner, SqliteRunner):
+            runner.writer.after_commit = self.waker.committed
 
     async def write(self, op: Operation[T], scope: Scope) -> T:
         """One write transaction (see :meth:`Runner.write`), traced when OpenTelemetry is
@@ -103,6 +108,7 @@ class Backend:
         if self.closed:
             return
         self.closed = True
+        await self.waker.close()
         await self.runner.close()
         await self.engine.dispose()
 

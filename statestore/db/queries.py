@@ -59,8 +59,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.sql.elements import Label
+from sqlalchemy.sql.functions import FunctionElement
 
 from statestore.db.driver import DriverStatement, RawValue
 from statestore.db.schema import (
@@ -456,7 +458,8 @@ def _enqueue(deduped_on: str | None = None) -> Executable:
             index_elements=[WorkItemRow.tenant_id, WorkItemRow.queue_type, WorkItemRow.dedupe_key],
             index_where=ACTIVE_DEDUPE_KEY,
         )
-    return statement.returning(WorkItemRow.id)
+    # The announcement is part of the insert: atomic with it, also in autocommit.
+    return statement.returning(WorkItemRow.id, _NotifyWork(WorkItemRow.queue_type))
 
 
 def _deduped() -> Executable:
@@ -577,6 +580,64 @@ def claim_items(
     for i, queue_type in enumerate(queue_types):
         params[f"p_type{i}"] = queue_type
     return _in_scope(session, _claim, params, len(queue_types))
+
+
+WORK_CHANNEL = "statestore_work"
+"""The PostgreSQL channel on which an item that became claimable is announced (payload: its
+queue type); :class:`statestore.db.wakeup.Waker` listens on it."""
+
+
+class _NotifyWork(FunctionElement[Any]):
+    """``pg_notify(WORK_CHANNEL, <queue type>)`` on PostgreSQL (sent when the writing
+    transaction commits, never otherwise), ``NULL`` elsewhere: the one definition of the
+    announcement, in a ``RETURNING`` (enqueue) or a ``SELECT`` (:func:`notify_work`)."""
+
+    name = "notify_work"
+    inherit_cache = True
+
+
+@compiles(_NotifyWork)
+def _notify_work_default(element: _NotifyWork, compiler: Any, **kw: Any) -> str:
+    return "NULL"
+
+
+@compiles(_NotifyWork, "postgresql")
+def _notify_work_postgresql(element: _NotifyWork, compiler: Any, **kw: Any) -> str:
+    return f"pg_notify('{WORK_CHANNEL}', {compiler.process(element.clauses, **kw)})"
+
+
+def _notify(type_count: int) -> Executable:
+    return select(*(_NotifyWork(bindparam(f"p_type{i}")) for i in range(type_count)))
+
+
+def notify_work(session: Session, queue_types: Sequence[str]) -> None:
+    """Announce, inside the writing transaction, that items of ``queue_types`` became
+    claimable (PostgreSQL; delivered only if it commits). On SQLite nothing: the store's
+    writer signals its waiters after each commit."""
+    types = sorted(set(queue_types))
+    if not types or _connection(session).dialect.name != "postgresql":
+        return
+    params: dict[str, Any] = {f"p_type{i}": t for i, t in enumerate(types)}
+    _as_built(session, _notify, params, len(types))
+
+
+def _next_due(type_count: int) -> Executable:
+    return select(func.min(WorkItemRow.available_at)).where(
+        WorkItemRow.status == PENDING,
+        WorkItemRow.queue_type.in_([bindparam(f"p_type{i}") for i in range(type_count)]),
+        WorkItemRow.available_at > bindparam("p_now", type_=UTCDateTime()),
+        _tenant_active(WorkItemRow.tenant_id),
+    )
+
+
+def select_next_due(session: Session, queue_types: Sequence[str], now: datetime) -> datetime | None:
+    """When the earliest pending item of ``queue_types`` not yet due at ``now`` comes due
+    (``None``: none); one read, for a waiting claim's timer."""
+    params: dict[str, Any] = {f"p_type{i}": t for i, t in enumerate(queue_types)}
+    params["p_now"] = now
+    rows = _in_scope(session, _next_due, params, len(queue_types))
+    due: datetime | None = rows[0][0] if rows else None
+    return due
 
 
 def _lease_terms(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -28,6 +28,8 @@ class GroupCommitWriter:
         """Write transactions committed so far (with ``operations``: the group-commit
         ratio, for monitoring)."""
         self.operations = 0
+        self.after_commit: Callable[[], None] | None = None
+        """Called on the writer thread after each group's COMMIT (the store's waker)."""
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -90,6 +92,7 @@ class GroupCommitWriter:
             if state.connection is None:
                 state.connection = self.engine.connect()
             connection = state.connection
+            changes_before = _total_changes(connection)
             with connection.begin():
                 if len(jobs) == 1:  # nothing to isolate it from: no savepoint needed
                     outcomes.append((jobs[0].work(connection, state.session), None))
@@ -100,6 +103,11 @@ class GroupCommitWriter:
         except BaseException as exc:
             outcomes = [(None, translated(exc))] * len(jobs)
             state.after_failure()
+        else:
+            # Only a group that changed rows wakes waiters: a claim that found nothing
+            # commits too, and must not wake the other waiters into claiming in turn.
+            if self.after_commit is not None and _total_changes(connection) != changes_before:
+                self.after_commit()
         deliver(jobs, outcomes)
 
     def _run_exclusive(self, job: Job, state: ThreadState) -> None:
@@ -132,3 +140,9 @@ def _in_savepoint(job: Job, connection: Connection, state: ThreadState) -> Outco
         return None, translated(exc)
     savepoint.commit()
     return result, None
+
+
+def _total_changes(connection: Connection) -> int:
+    """Rows changed on this SQLite connection since it opened (a counter in memory)."""
+    changes: int = connection.connection.dbapi_connection.total_changes  # type: ignore[union-attr]
+    return changes

@@ -224,6 +224,11 @@ class QueueRepository(Repository):
         rows = queries.claim_items(session, worker_id, types, limit, now, expires)
         return [item_from_row(row) for row in sorted(rows, key=_claim_order)]
 
+    def next_due(self, session: Session, queue_types: Sequence[str]) -> datetime | None:
+        """When the earliest pending item of ``queue_types`` that is not due yet comes due."""
+        types = self._queue_types(queue_types)
+        return queries.select_next_due(session, types, self.context.now())
+
     @single_statement
     def renew(
         self,
@@ -332,6 +337,8 @@ class QueueRepository(Repository):
             status = WorkItemStatus.DEAD_LETTERED
             values.update(dead_lettered_at=now)
         self._update(session, item_id, status=status.value, **values)
+        if status is WorkItemStatus.PENDING:
+            queries.notify_work(session, [lease.queue_type])
         return status
 
     def park(
@@ -369,6 +376,7 @@ class QueueRepository(Repository):
             available_at=due or (now + delay if delay is not None else now),
             updated_at=now,
         )
+        queries.notify_work(session, [lease.queue_type])
 
     # ------------------------------------------------------------------ reclaim
 
@@ -422,6 +430,7 @@ class QueueRepository(Repository):
             dead_lettered_at=now,
             last_error=LEASE_EXPIRED,
         )
+        queries.notify_work(session, [item.queue_type for item in retryable])
         return retryable, exhausted
 
     def _release_expired(
@@ -509,6 +518,7 @@ class QueueRepository(Repository):
             dead_lettered_at=None,
             updated_at=now,
         )
+        queries.notify_work(session, [row.queue_type])
 
     def stats(self, session: Session) -> dict[str, dict[WorkItemStatus, int]]:
         counts: dict[str, dict[WorkItemStatus, int]] = {}

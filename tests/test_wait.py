@@ -1,0 +1,211 @@
+"""Claims that wait for work (``wait=``), woken by the database — on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from statestore import StateStore, ValidationError, WorkflowExecution, WorkItem
+from statestore.models import utc_now
+
+WORKER = Path(__file__).with_name("wait_worker.py")
+LATENCY_BOUND_S = 1.0
+"""A woken waiter returns this long after the enqueue at most (deadlines are 10 s)."""
+
+
+async def execution(store: StateStore) -> uuid.UUID:
+    run = WorkflowExecution(workflow_id="wf", workflow_version="1")
+    await store.create_execution(run)
+    return run.execution_id
+
+
+def item(eid: uuid.UUID, queue_type: str = "q", **fields: Any) -> WorkItem:
+    return WorkItem(execution_id=eid, node_id="n", queue_type=queue_type, **fields)
+
+
+async def waiting(store: StateStore, queue_type: str = "q", wait: float = 10.0) -> Any:
+    """A claim waiting in the background, once it is registered and waiting."""
+    task = asyncio.create_task(store.claim_work_item("w", [queue_type], wait=wait))
+    waker = store._backend.waker
+    for _ in range(500):
+        if waker._waiters and (waker.reliable or task.done()):
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # past its first claim, into the wait
+    return task
+
+
+async def test_woken_in_process(store: StateStore) -> None:
+    eid = await execution(store)
+    task = await waiting(store)
+    latencies = []
+    for round_ in range(5):
+        if round_:
+            task = await waiting(store)
+        new = item(eid)
+        start = time.perf_counter()
+        await store.enqueue_work_item(new)
+        claimed = await asyncio.wait_for(task, 10)
+        latencies.append(time.perf_counter() - start)
+        assert claimed is not None and claimed.id == new.id
+    assert max(latencies) < LATENCY_BOUND_S, latencies
+    print(f"in-process wake-up after enqueue returned: {sorted(latencies)}")
+
+
+async def test_woken_by_another_process(store: StateStore, database_url: str) -> None:
+    eid = await execution(store)
+    task = await waiting(store)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(WORKER),
+        database_url,
+        str(eid),
+        "q",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    claimed = await asyncio.wait_for(task, 30)
+    returned = time.time()
+    out, _ = await process.communicate()
+    assert process.returncode == 0
+    committed = float(out.decode().split()[-1])
+    assert claimed is not None
+    latency = returned - committed
+    assert latency < LATENCY_BOUND_S
+    print(f"cross-process wake-up: {latency * 1000:.1f} ms")
+
+
+async def test_timeout_returns_none_on_time(store: StateStore) -> None:
+    eid = await execution(store)
+    await store.enqueue_work_item(item(eid, "other"))
+    start = time.perf_counter()
+    assert await store.claim_work_item("w", ["q"], wait=0.3) is None
+    assert 0.3 <= time.perf_counter() - start < 0.3 + LATENCY_BOUND_S
+    start = time.perf_counter()
+    assert await store.claim_work_items("w", ["q"], 5, wait=timedelta(seconds=0.3)) == []
+    assert 0.3 <= time.perf_counter() - start < 0.3 + LATENCY_BOUND_S
+    assert not store._backend.waker._waiters
+
+
+async def test_no_wait_is_one_claim(store: StateStore) -> None:
+    for wait in (None, 0, 0.0, timedelta(0)):
+        start = time.perf_counter()
+        assert await store.claim_work_item("w", ["q"], wait=wait) is None
+        assert time.perf_counter() - start < 0.5
+    assert store._backend.waker._task is None  # nothing started for a claim that never waits
+    for wrong in (-1, timedelta(seconds=-1), float("nan"), "1", True):
+        with pytest.raises(ValidationError):
+            await store.claim_work_item("w", ["q"], wait=wrong)  # type: ignore[arg-type]
+
+
+async def test_claim_items_waits_for_at_least_one(store: StateStore) -> None:
+    eid = await execution(store)
+    task = asyncio.create_task(store.claim_work_items("w", ["q"], 10, wait=10))
+    await asyncio.sleep(0.3)
+    first = item(eid)
+    await store.enqueue_work_item(first)
+    claimed = await asyncio.wait_for(task, 10)
+    assert claimed and claimed[0].id == first.id
+
+
+async def test_cancelled_wait_claims_nothing(store: StateStore) -> None:
+    eid = await execution(store)
+    tasks = [await waiting(store) for _ in range(3)]
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert not store._backend.waker._waiters
+    new = item(eid)
+    await store.enqueue_work_item(new)
+    claimed = await store.claim_work_item("w2", ["q"])
+    assert claimed is not None and claimed.id == new.id and claimed.attempt == 1
+
+
+async def test_loser_of_the_race_waits_until_its_deadline(store: StateStore) -> None:
+    eid = await execution(store)
+    first = await waiting(store, wait=1.5)
+    second = await waiting(store, wait=1.5)
+    start = time.perf_counter()
+    await store.enqueue_work_item(item(eid))
+    done, pending = await asyncio.wait({first, second}, return_when=asyncio.FIRST_COMPLETED)
+    winner = done.pop()
+    assert winner.result() is not None
+    loser = pending.pop() if pending else (first if winner is second else second)
+    assert await loser is None
+    assert time.perf_counter() - start >= 1.0  # it kept waiting, it did not return at once
+
+
+async def test_delayed_item_wakes_its_waiter_when_due(store: StateStore) -> None:
+    eid = await execution(store)
+    delay = 0.8
+    due = utc_now() + timedelta(seconds=delay)
+    await store.enqueue_work_item(item(eid, available_at=due))
+    start = time.perf_counter()
+    claimed = await store.claim_work_item("w", ["q"], wait=10)
+    elapsed = time.perf_counter() - start
+    assert claimed is not None
+    assert delay - 0.05 <= elapsed < delay + LATENCY_BOUND_S
+    # And a waiter already waiting when a delayed item is enqueued.
+    task = await waiting(store)
+    await store.enqueue_work_item(item(eid, available_at=utc_now() + timedelta(seconds=delay)))
+    start = time.perf_counter()
+    assert await asyncio.wait_for(task, 10) is not None
+    assert delay - 0.1 <= time.perf_counter() - start < delay + LATENCY_BOUND_S
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_dropped_listener_connection_recovers(store: StateStore, database_url: str) -> None:
+    eid = await execution(store)
+    waker = store._backend.waker
+    task = await waiting(store)
+    old_pid = waker.listener_pid
+    assert old_pid is not None
+    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    admin = await asyncpg.connect(dsn)
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", old_pid)
+    finally:
+        await admin.close()
+    # While it is down (or reconnecting), an item still reaches the waiter: bounded poll.
+    await store.enqueue_work_item(item(eid))
+    start = time.perf_counter()
+    assert await asyncio.wait_for(task, 10) is not None
+    assert time.perf_counter() - start < 2.0
+    for _ in range(300):
+        if waker.listener_pid not in (None, old_pid):
+            break
+        await asyncio.sleep(0.01)
+    assert waker.listener_pid not in (None, old_pid)
+    # Reconnected: woken by NOTIFY again.
+    task = await waiting(store)
+    start = time.perf_counter()
+    await store.enqueue_work_item(item(eid))
+    assert await asyncio.wait_for(task, 10) is not None
+    assert time.perf_counter() - start < LATENCY_BOUND_S
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_one_listener_per_store(store: StateStore, database_url: str) -> None:
+    tasks = [await waiting(store, wait=5) for _ in range(8)]
+    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    admin = await asyncpg.connect(dsn)
+    try:
+        listeners = await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+        )
+    finally:
+        await admin.close()
+    assert listeners == 1
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
