@@ -11,6 +11,7 @@ import uuid
 import warnings
 import zipfile
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,10 +20,10 @@ from alembic.script import ScriptDirectory
 from conftest import PG_ADMIN_URL, _pg_admin, _pg_url
 from sqlalchemy import Connection, inspect, text
 
-from statestore import MigrationError, StateStore, Tenant
+from statestore import MigrationError, StateStore, Tenant, WorkflowExecution
 from statestore.db import migrations
 from statestore.db.engine import SqliteSettings, create_user_engine, parse_database_url
-from statestore.db.schema import Base
+from statestore.db.schema import Base, SnapshotRow
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -291,5 +292,42 @@ async def test_populated_database_walks_down_and_up(database_url: str) -> None:
         await store.migrate()
         assert await store.schema_drift() == []
         assert [t.id for t in await store.list_tenants()] == ["default"]
+    finally:
+        await store.close()
+
+
+async def test_revision_0003_gives_existing_snapshots_their_defaults(empty_url: str) -> None:
+    """A snapshot written at revision 0002 reads back at head as pending, with no nodes and
+    ``last_sequence = at_sequence``."""
+    store = await StateStore.open(empty_url)
+    try:
+        run = WorkflowExecution(workflow_id="wf", workflow_version="1")
+        await store.create_execution(run)
+        await store.downgrade("0002")
+
+        def old_snapshot(connection: Connection) -> None:
+            # Only the columns revision 0002 has: the statement names just these.
+            with connection.begin():
+                connection.execute(
+                    SnapshotRow.__table__.insert().values(
+                        id=uuid.uuid4(),
+                        tenant_id="default",
+                        execution_id=run.execution_id,
+                        at_sequence=7,
+                        state={"s": 1},
+                        created_at=datetime.now(UTC),
+                    )
+                )
+
+        await on_connection(empty_url, old_snapshot)
+        await store.migrate()
+        snapshot = await store.latest_snapshot(run.execution_id)
+        assert snapshot is not None and snapshot.state == {"s": 1}
+        assert (snapshot.status, snapshot.completed_nodes, snapshot.active_nodes) == (
+            "pending",
+            {},
+            [],
+        )
+        assert snapshot.last_sequence == 7
     finally:
         await store.close()
