@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import logging
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -210,3 +211,18 @@ def test_sqlite_timestamps_parse_fast_and_exactly() -> None:
     assert process(None) is None
     with pytest.raises(ValueError):
         process("not a time")
+
+
+async def test_sqlalchemy_statement_logging_sees_hot_path_statements(
+    make_store: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``echo=True`` or the ``sqlalchemy.engine`` logger at INFO logs every statement the
+    store sends, the hot paths on the DBAPI cursor included."""
+    caplog.set_level(logging.INFO, logger="sqlalchemy.engine")
+    store: StateStore = await make_store()
+    execution = WorkflowExecution(workflow_id="wf", workflow_version="1")
+    await store.create_execution(execution)
+    await store.append_event(Event(execution_id=execution.execution_id, kind=KIND))
+    logged = " ".join(record.getMessage() for record in caplog.records)
+    assert "INSERT INTO workflow_executions" in logged
+    assert "INSERT INTO events" in logged

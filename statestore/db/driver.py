@@ -143,9 +143,10 @@ def _execute_and_decode(
     want to see it); its rows as named tuples, decoded by the result processors."""
     dispatch = connection.dispatch
     instrumented = dispatch.before_cursor_execute or dispatch.after_cursor_execute
-    if instrumented or connection.dialect.dispatch.handle_error:
-        # Instrumented (tracing, statement rewriting, tests capturing the SQL): listeners
-        # get SQLAlchemy's own execution, with a real context, for the same SQL.
+    if instrumented or connection.dialect.dispatch.handle_error or connection._echo:
+        # Instrumented (tracing, statement rewriting, tests capturing the SQL) or logged
+        # (``echo=True``, or the ``sqlalchemy.engine`` logger at INFO): listeners and the
+        # log get SQLAlchemy's own execution, with a real context, for the same SQL.
         rows = _execute_through_sqlalchemy(connection, compiled, args, many)
     else:
         rows = _execute_on_cursor(connection, compiled, args, many)
