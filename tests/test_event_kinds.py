@@ -1,4 +1,5 @@
-"""Event kinds: the seed's internally tagged JSON form, parsing, and Event JSON round trips.
+"""Event kinds: jamjet-state's internally tagged JSON form (the store the contract was taken
+from), parsing, and Event JSON round trips.
 No database needed."""
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from statestore import (
 
 FIRE_AT = "2024-05-01T12:30:00Z"
 
-# One JSON object per typed kind, exactly as the seed serialises it.
+# One JSON object per typed kind, exactly as jamjet-state serialises it.
 KIND_JSON: dict[type[BaseEventKind], dict[str, Any]] = {
     WorkflowStarted: {
         "type": "workflow_started",

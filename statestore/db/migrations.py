@@ -1,8 +1,9 @@
 """Running Alembic programmatically: upgrade, downgrade, current, head and drift checks.
 
 The revisions live in the repository's ``alembic/`` folder and ship inside the wheel as
-``statestore/_migrations`` (design decision 3), so ``store.migrate()`` and ``statestore db
-upgrade`` apply exactly the revisions that ``alembic upgrade head`` applies from a checkout.
+``statestore/_migrations`` (forced into the wheel by pyproject.toml), so ``store.migrate()``
+and ``statestore db upgrade`` apply exactly the revisions that ``alembic upgrade head``
+applies from a checkout.
 """
 
 from __future__ import annotations

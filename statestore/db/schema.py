@@ -163,7 +163,8 @@ ACTIVE_DEDUPE_KEY = text("dedupe_key IS NOT NULL AND status IN ('pending', 'clai
 
 
 class WorkItemRow(TenantOwned, Base):
-    """A work item. Dead letters are items with status ``dead_lettered`` (design decision 7)."""
+    """A work item. Dead letters are items with status ``dead_lettered`` (no table of their
+    own: ``list_dead_letters`` reads them through a partial index)."""
 
     __tablename__ = "work_items"
 
