@@ -582,6 +582,53 @@ def demo(count: int, workers: int) -> None:
     asyncio.run(run())
 
 
+@cli.command("maintain")
+@common_options
+@click.option(
+    "--every",
+    type=click.FloatRange(min=0.01),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between maintenance rounds.",
+)
+@click.option(
+    "--retention",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Delete completed and failed work items settled longer ago than this.",
+)
+@with_store(read_only=False)
+async def maintain(store: StateStore, every: float, retention: float | None) -> None:
+    """Run maintenance until SIGINT or SIGTERM: reclaim expired leases, apply retention,
+    checkpoint SQLite's WAL. Safe to run on every host: on PostgreSQL one process at a time
+    does the work (an advisory lock)."""
+    import asyncio
+    import signal
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    keep = None if retention is None else timedelta(seconds=retention)
+    running = store.run_maintenance(every=timedelta(seconds=every), retention=keep)
+    task = asyncio.create_task(running)
+    _out().print(f"maintaining {store.url} every {every:g} s; stop with Ctrl-C or SIGTERM")
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        for pending in (task, stopped):
+            pending.cancel()
+        await asyncio.gather(task, stopped, return_exceptions=True)
+    if task.done() and not task.cancelled():
+        task.result()  # it ended by itself: its error
+    _out().print("maintenance stopped")
+
+
 @cli.command("ui")
 @common_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")

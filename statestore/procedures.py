@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from statestore.db.backend import Backend
+from statestore.db.maintenance import Leadership, sqlite_housekeeping
 from statestore.db.runner import Call
 from statestore.db.tenancy import Scope
 from statestore.db.wakeup import FALLBACK_POLL_S
@@ -217,3 +218,80 @@ async def start_execution(
         if found is None:
             raise  # the conflict was not the key (e.g. a duplicate execution id)
         return found, False
+
+
+RETENTION_BATCH = 1000
+"""Settled items deleted per transaction by retention (short locks however many are due)."""
+OPTIMIZE_EVERY = 720
+"""SQLite: ``PRAGMA optimize`` on the first maintenance round and every this many after."""
+
+
+async def maintain_once(
+    backend: Backend,
+    scope: Scope,
+    queue: QueueRepository,
+    retention: timedelta | None,
+    *,
+    optimize: bool = False,
+) -> tuple[ReclaimResult, int]:
+    """One maintenance round: reclaim expired leases; with ``retention``, delete the
+    completed and failed items settled longer ago, :data:`RETENTION_BATCH` per
+    transaction; on a SQLite file, checkpoint the WAL (and optimize). Returns what was
+    reclaimed and how many items were deleted."""
+    reclaimed = await reclaim_expired_leases(backend, scope, queue)
+    deleted = 0
+    if retention is not None:
+        while True:
+            count = await backend.write(
+                Call(queue.delete_settled, (retention, RETENTION_BATCH)), scope
+            )
+            deleted += count
+            if count < RETENTION_BATCH:
+                break
+    if backend.config.dialect == "sqlite" and not backend.config.is_memory:
+        await backend.on_connection(lambda connection: sqlite_housekeeping(connection, optimize))
+    return reclaimed, deleted
+
+
+async def run_maintenance(
+    backend: Backend,
+    scope: Scope,
+    queue: QueueRepository,
+    every: timedelta | float,
+    retention: timedelta | None,
+) -> None:
+    """:func:`maintain_once` every ``every`` until cancelled, while this process leads
+    (:class:`statestore.db.maintenance.Leadership`: one process at a time on PostgreSQL).
+    A failing round is logged and retried on the next tick; cancelling gives up the lead."""
+    interval = every.total_seconds() if isinstance(every, timedelta) else every
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or not interval > 0:
+        raise ValidationError("every must be a positive number of seconds or a timedelta")
+    if retention is not None:
+        retention = check_timedelta("retention", retention)
+    leadership = Leadership(backend.config, scope.tenant_id or "*")
+    rounds = 0
+    try:
+        while True:
+            try:
+                if await leadership.held():
+                    reclaimed, deleted = await maintain_once(
+                        backend, scope, queue, retention, optimize=rounds % OPTIMIZE_EVERY == 0
+                    )
+                    rounds += 1
+                    if reclaimed.retryable or reclaimed.exhausted or deleted:
+                        _log.info(
+                            "maintenance: reclaimed %d (%d dead-lettered), deleted %d",
+                            len(reclaimed.retryable) + len(reclaimed.exhausted),
+                            len(reclaimed.exhausted),
+                            deleted,
+                            extra={"reclaimed": reclaimed, "deleted": deleted},
+                        )
+            except (StateStoreError, OSError, TimeoutError) as exc:
+                _log.warning("maintenance round failed (%s); retrying in %.1f s", exc, interval)
+            except Exception as exc:  # asyncpg's errors on the leadership session
+                if type(exc).__module__.split(".")[0] != "asyncpg":
+                    raise
+                _log.warning("maintenance leadership failed (%s); retrying", exc)
+            await asyncio.sleep(interval)
+    finally:
+        await leadership.release()

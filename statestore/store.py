@@ -466,6 +466,15 @@ class StateStore:
         A failing round is logged and retried on the next tick."""
         await procedures.run_reclaimer(self._backend, self._scope, self.queue, every)
 
+    async def run_maintenance(
+        self, *, every: timedelta | float = timedelta(seconds=5), retention: timedelta | None = None
+    ) -> None:
+        """Maintain the store every ``every`` until cancelled: reclaim expired leases; with
+        ``retention``, delete completed and failed items settled longer ago than that; on
+        SQLite checkpoint the WAL. On PostgreSQL one process at a time does it (an advisory
+        lock), so every process may run it. See docs/operations.md."""
+        await procedures.run_maintenance(self._backend, self._scope, self.queue, every, retention)
+
     async def move_to_dead_letter(self, item_id: uuid.UUID | str, last_error: str) -> None:
         """Move an item to the dead-letter queue."""
         await self._write(self.queue.move_to_dead_letter, item_id, last_error)

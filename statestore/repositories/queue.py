@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from statestore.db import queries
@@ -65,6 +65,8 @@ MAX_PRIORITY = 2**31 - 1
 MAX_ERROR_LENGTH = 64 * 1024
 RECLAIM_BATCH = 500
 LEASE_EXPIRED = "lease expired"
+_SETTLED = [WorkItemStatus.COMPLETED.value, WorkItemStatus.FAILED.value]
+"""The statuses retention deletes (dead-lettered items wait for a person)."""
 
 
 def backoff(attempt: int) -> timedelta:
@@ -454,6 +456,30 @@ class QueueRepository(Repository):
             .execution_options(**NO_SESSION_SYNC)
         ).all()
         return [item_from_row(row) for row in sorted(rows, key=lambda r: str(r.id))]
+
+    def delete_settled(self, session: Session, retention: timedelta, batch: int) -> int:
+        """Delete up to ``batch`` completed and failed items settled (last changed) more
+        than ``retention`` ago; the number deleted. Other statuses are never touched."""
+        retention = check_timedelta("retention", retention)
+        batch = check_int("batch", batch, minimum=1, maximum=10_000)
+        cutoff = self.context.now() - retention
+        oldest = (
+            select(WorkItemRow.id)
+            .where(
+                WorkItemRow.status.in_(_SETTLED),
+                WorkItemRow.updated_at < cutoff,
+            )
+            .limit(batch)
+        )
+        result = session.execute(
+            delete(WorkItemRow)
+            .where(
+                WorkItemRow.id.in_(oldest.scalar_subquery()),
+                WorkItemRow.status.in_(_SETTLED),
+            )
+            .execution_options(**NO_SESSION_SYNC)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ dead letters
 
