@@ -136,6 +136,9 @@ class Event(_Model):
     kind: EventKind
     created_at: UtcDatetime = Field(default_factory=utc_now)
     tenant_id: str = "default"
+    # The event's place in the database-wide feed (set by the store; increasing in feed
+    # order, gaps allowed); ignored on append.
+    position: int | None = None
 
 
 class Snapshot(_Model):

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Self, TypeVar
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
-from statestore import procedures
+from statestore import feed, procedures
 from statestore.db.backend import Backend, open_backend
 from statestore.db.engine import Durability, parse_database_url
 from statestore.db.runner import Call
@@ -350,6 +350,33 @@ class StateStore:
     async def latest_sequence(self, execution_id: uuid.UUID | str) -> int:
         """The latest sequence of an execution (0 if none or unknown)."""
         return await self._read(self.events.latest_sequence, execution_id)
+
+    # ------------------------------------------------------------------ the feed
+
+    async def read_feed(self, after: int = 0, limit: int = 100) -> list[Event]:
+        """Committed events with a position after ``after``, in feed order (database-wide;
+        a scoped store reads only its tenant's), at most ``limit`` (1..10000). Never skips:
+        once a reader has seen position p, no event at or below p appears later."""
+        return await self._read(self.events.feed, after, limit)
+
+    async def iter_feed(
+        self, after: int = 0, *, follow: bool = False, batch: int = 500
+    ) -> AsyncIterator[Event]:
+        """Stream the feed after ``after``, ``batch`` (1..10000) per read. With ``follow``
+        it waits for new events (a bounded poll) instead of ending."""
+        async for event in feed.iter_feed(
+            self._backend, self._scope, self.events, after, follow, batch
+        ):
+            yield event
+
+    async def save_checkpoint(self, consumer: str, position: int) -> None:
+        """Save a feed consumer's position (per tenant; the unscoped store's is the
+        ``default`` tenant's)."""
+        await self._write(self.events.save_checkpoint, consumer, position)
+
+    async def get_checkpoint(self, consumer: str) -> int:
+        """A feed consumer's saved position (0 if never saved)."""
+        return await self._read(self.events.get_checkpoint, consumer)
 
     # ------------------------------------------------------------------ snapshots
 

@@ -67,11 +67,13 @@ from sqlalchemy.sql.functions import FunctionElement
 from statestore.db.driver import DriverStatement, RawValue
 from statestore.db.schema import (
     ACTIVE_DEDUPE_KEY,
+    FEED_SEQUENCE,
     ApiTokenRow,
     Base,
     EffectRow,
     EventRow,
     ExecutionRow,
+    FeedCheckpointRow,
     SnapshotRow,
     TenantRow,
     WorkItemRow,
@@ -218,10 +220,14 @@ def select_execution(session: Session, execution_id: uuid.UUID) -> Any:
 
 
 def _insert(entity: type[Base]) -> Executable:
-    """``INSERT`` of one row, every column a bound parameter named after it."""
-    return insert(entity).values(
-        {attr.key: bindparam(attr.key, type_=attr.type) for attr in row_columns(entity)}
-    )
+    """``INSERT`` of one row, every column a bound parameter named after it (an event's
+    ``position`` is :func:`feed_position`)."""
+    values: dict[str, Any] = {
+        attr.key: bindparam(attr.key, type_=attr.type) for attr in row_columns(entity)
+    }
+    if entity is EventRow:
+        values["position"] = feed_position()
+    return insert(entity).values(values)
 
 
 def insert_execution(session: Session, values: dict[str, Any]) -> None:
@@ -233,6 +239,134 @@ def insert_execution(session: Session, values: dict[str, Any]) -> None:
         "current_state": RawValue(values["current_state"]),
     }
     _as_built(session, _insert, params, ExecutionRow)
+
+
+# ---------------------------------------------------------------- the feed
+
+FEED_TX_SHIFT = 24
+"""PostgreSQL: a feed position is ``transaction id << 24 | (counter mod 2**24)``."""
+
+
+class _FeedPosition(ColumnElement[int]):
+    """The feed position of an event being inserted (docs/architecture.md, "The feed").
+
+    PostgreSQL: the inserting transaction's id (``pg_current_xact_id()``, xid8) in the high
+    bits, so positions sort by transaction, and a global sequence's value mod 2**24 in the
+    low bits, so the events of one transaction are distinct. SQLite: one more than the
+    highest position (its single writer inserts in commit order)."""
+
+    type = BigInteger()
+    inherit_cache = True
+
+
+@compiles(_FeedPosition, "postgresql")
+def _feed_position_postgresql(element: _FeedPosition, compiler: Any, **kw: Any) -> str:
+    return (
+        f"((pg_current_xact_id()::text::bigint << {FEED_TX_SHIFT})"
+        f" | (nextval('{FEED_SEQUENCE.name}') & {2**FEED_TX_SHIFT - 1}))"
+    )
+
+
+@compiles(_FeedPosition, "sqlite")
+def _feed_position_sqlite(element: _FeedPosition, compiler: Any, **kw: Any) -> str:
+    return "(SELECT coalesce(max(position), 0) + 1 FROM events)"
+
+
+def feed_position() -> ColumnElement[int]:
+    """The one definition of an inserted event's feed position."""
+    return _FeedPosition()
+
+
+class _FeedHorizon(ColumnElement[int]):
+    """Positions below this are final: no event with a lower position can still appear.
+
+    PostgreSQL: the lowest id among the transactions still running in this statement's
+    snapshot (``pg_snapshot_xip``), shifted like a position — every transaction with a
+    lower id has ended, so its events are visible now or never; the snapshot's ``xmax`` if
+    none runs. A running transaction that ``pg_stat_activity`` shows in another database
+    cannot write to this database's ``events`` and does not hold the horizon back; one it
+    does not show (ended since, prepared, or hidden from this role) does. SQLite: no limit
+    (what a reader sees was committed in position order)."""
+
+    type = BigInteger()
+    inherit_cache = True
+
+
+_OTHER_DATABASE = (
+    "SELECT 1 FROM pg_stat_activity AS activity WHERE activity.backend_xid = running::xid"
+    " AND activity.datid <> (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+@compiles(_FeedHorizon, "postgresql")
+def _feed_horizon_postgresql(element: _FeedHorizon, compiler: Any, **kw: Any) -> str:
+    return (
+        "(coalesce((SELECT min(running::text::bigint)"
+        " FROM pg_snapshot_xip(pg_current_snapshot()) AS running"
+        f" WHERE NOT EXISTS ({_OTHER_DATABASE})),"
+        f" pg_snapshot_xmax(pg_current_snapshot())::text::bigint) << {FEED_TX_SHIFT})"
+    )
+
+
+@compiles(_FeedHorizon, "sqlite")
+def _feed_horizon_sqlite(element: _FeedHorizon, compiler: Any, **kw: Any) -> str:
+    return str(2**63 - 1)
+
+
+def _feed() -> Executable:
+    return (
+        select(
+            EventRow.id,
+            EventRow.execution_id,
+            EventRow.sequence,
+            EventRow.event_type,
+            cast(EventRow.kind, Text).label("kind"),
+            EventRow.created_at,
+            EventRow.tenant_id,
+            EventRow.position,
+        )
+        .where(
+            EventRow.position > bindparam("p_after", type_=BigInteger),
+            EventRow.position < _FeedHorizon(),
+        )
+        .order_by(EventRow.position)
+        .limit(bindparam("p_limit", type_=BigInteger))
+    )
+
+
+def select_feed(session: Session, after: int, limit: int) -> list[Any]:
+    """Feed events visible in this scope with a position after ``after`` and below the
+    horizon (:class:`_FeedHorizon`), in position order, at most ``limit``: rows like
+    :func:`select_events`'s plus ``execution_id`` and ``position``."""
+    return _in_scope(session, _feed, {"p_after": after, "p_limit": limit})
+
+
+def _checkpoint() -> Executable:
+    return select(FeedCheckpointRow.position).where(
+        FeedCheckpointRow.tenant_id == bindparam("p_owner"),
+        FeedCheckpointRow.consumer == bindparam("p_consumer"),
+    )
+
+
+def select_checkpoint(session: Session, tenant_id: str, consumer: str) -> int | None:
+    """A consumer's saved position in ``tenant_id``'s feed, or ``None``."""
+    params = {"p_owner": tenant_id, "p_consumer": consumer}
+    row = _first(_in_scope(session, _checkpoint, params))
+    return None if row is None else int(row.position)
+
+
+def upsert_checkpoint(session: Session, values: dict[str, Any]) -> None:
+    """Insert a consumer's checkpoint (``values``: every column, its tenant resolved by the
+    caller) or replace its position: ``INSERT … ON CONFLICT DO UPDATE``."""
+    statement = _DIALECT_INSERT[_connection(session).dialect.name](FeedCheckpointRow).values(
+        **values
+    )
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[FeedCheckpointRow.tenant_id, FeedCheckpointRow.consumer],
+            set_={"position": values["position"], "updated_at": values["updated_at"]},
+        )
+    )
 
 
 # ---------------------------------------------------------------- events
@@ -274,8 +408,12 @@ def _append_one(expecting: bool) -> Executable:
         bindparam("event_type", type_=EventRow.event_type.type),
         bindparam("kind", type_=EventRow.kind.type),
         bindparam("created_at", type_=EventRow.created_at.type),
+        feed_position(),
     ).select_from(reserved)
-    columns = ["id", "tenant_id", "execution_id", "sequence", "event_type", "kind", "created_at"]
+    columns = [
+        *("id", "tenant_id", "execution_id", "sequence", "event_type", "kind", "created_at"),
+        "position",
+    ]
     return (
         insert(EventRow)
         .from_select(columns, values)
@@ -363,6 +501,7 @@ def _events_since() -> Executable:
             cast(EventRow.kind, Text).label("kind"),
             EventRow.created_at,
             EventRow.tenant_id,
+            EventRow.position,
         )
         .where(
             EventRow.execution_id == bindparam("p_id"),
@@ -380,8 +519,8 @@ def select_events(
     session: Session, execution_id: uuid.UUID, since: int, limit: int | None
 ) -> list[Any]:
     """Events of an execution with sequence > ``since``, ascending, at most ``limit``: rows
-    of (id, sequence, event_type, kind, created_at, tenant_id), ``kind`` as JSON text (see
-    :func:`statestore.event_kinds.load_stored_kind`)."""
+    of (id, sequence, event_type, kind, created_at, tenant_id, position), ``kind`` as JSON
+    text (see :func:`statestore.event_kinds.load_stored_kind`)."""
     params = {"p_id": execution_id, "p_since": since, "p_limit": limit or NO_LIMIT}
     return _in_scope(session, _events_since, params)
 

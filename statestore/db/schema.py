@@ -16,6 +16,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Sequence,
     String,
     Text,
     UniqueConstraint,
@@ -132,8 +133,30 @@ class EventRow(TenantOwned, Base):
     event_type: Mapped[str] = mapped_column(String(ID_LENGTH))
     kind: Mapped[Any] = mapped_column(json_type())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The event's place in the database-wide feed, assigned by the insert statement
+    # (statestore.db.queries.feed_position); see docs/architecture.md, "The feed".
+    position: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
-    __table_args__ = (UniqueConstraint("execution_id", "sequence"),)
+    __table_args__ = (
+        UniqueConstraint("execution_id", "sequence"),
+        Index(None, "position", unique=True),
+        Index(None, "tenant_id", "position"),
+    )
+
+
+FEED_SEQUENCE = Sequence("events_feed_seq", metadata=Base.metadata)
+"""PostgreSQL: the low bits of a feed position (see ``feed_position``); unused on SQLite."""
+
+
+class FeedCheckpointRow(TenantOwned, Base):
+    """A feed consumer's place in the feed, per tenant."""
+
+    __tablename__ = "feed_checkpoints"
+
+    tenant_id: Mapped[str] = _tenant_fk(primary_key=True)
+    consumer: Mapped[str] = mapped_column(identifier_type(ID_LENGTH), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class SnapshotRow(TenantOwned, Base):
@@ -270,4 +293,5 @@ TENANT_OWNED_MODELS: tuple[type[Base], ...] = (
     WorkItemRow,
     ApiTokenRow,
     EffectRow,
+    FeedCheckpointRow,
 )

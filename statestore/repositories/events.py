@@ -27,6 +27,7 @@ from statestore.event_kinds import BaseEventKind, load_stored_kind, parse_event_
 from statestore.models import Event
 from statestore.repositories.base import Repository, refusal_if_visible
 from statestore.validation import (
+    check_identifier,
     check_int,
     check_optional_int,
     check_str_keys,
@@ -47,6 +48,7 @@ def event_from_row(row: Any, execution_id: uuid.UUID) -> Event:
         kind=load_stored_kind(row.kind, row.event_type),
         created_at=row.created_at,
         tenant_id=row.tenant_id,
+        position=row.position,
     )
 
 
@@ -157,6 +159,28 @@ class EventRepository(Repository):
         limit = None if limit is None else check_int("limit", limit, minimum=1)
         rows = queries.select_events(session, execution_id, since, limit)
         return [event_from_row(row, execution_id) for row in rows]
+
+    def feed(self, session: Session, after: int, limit: int) -> list[Event]:
+        after = check_int("after", after, minimum=0)
+        limit = check_int("limit", limit, minimum=1, maximum=MAX_BATCH)
+        rows = queries.select_feed(session, after, limit)
+        return [event_from_row(row, row.execution_id) for row in rows]
+
+    def save_checkpoint(self, session: Session, consumer: str, position: int) -> None:
+        values = {
+            "tenant_id": self.context.scope.tenant_id or "default",
+            "consumer": check_identifier("consumer", consumer),
+            "position": check_int("position", position, minimum=0),
+            "updated_at": self.context.now(),
+        }
+        queries.upsert_checkpoint(session, values)
+
+    def get_checkpoint(self, session: Session, consumer: str) -> int:
+        tenant_id = self.context.scope.tenant_id or "default"
+        return (
+            queries.select_checkpoint(session, tenant_id, check_identifier("consumer", consumer))
+            or 0
+        )
 
     def latest_sequence(self, session: Session, execution_id: uuid.UUID | str) -> int:
         execution_id = check_uuid("execution_id", execution_id)
