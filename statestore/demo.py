@@ -8,7 +8,8 @@ lease, and records the step with ONE ``commit_turn`` (settle the item, append th
 events, patch the state, enqueue the next node, and for the last node complete the execution
 with a materialized snapshot). One worker is killed mid-lease: its item comes back through
 reclaim and its step runs again, recorded once. A poison item, whose worker dies every time
-it takes it, ends in the dead-letter queue.
+it takes it, ends in the dead-letter queue. Idle workers wait in ``claim_work_item(...,
+wait=...)``, woken by the database; ``run_maintenance`` reclaims expired leases.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ DEMO_LEASE = timedelta(seconds=2)
 """Open the demo's store with this ``lease_duration``, so a dead worker's items come back in
 seconds rather than the default 30 s."""
 POISON_ATTEMPTS = 2
+CLAIM_WAIT = timedelta(seconds=1)
+"""How long an idle demo worker's claim waits for work before it claims again."""
+MAINTENANCE_EVERY = timedelta(seconds=0.25)
+"""The demo's maintenance interval (short: its leases are short)."""
 
 
 @dataclass
@@ -150,7 +155,9 @@ async def run_demo(
     work_started = time.perf_counter()
     done = asyncio.Event()
     state = _RunState(total=executions, progress=progress, done=done)
-    reclaimer = asyncio.create_task(_reclaim_loop(tenant_store, state))
+    # Built-in maintenance reclaims the leases the dead worker and the poison item leave.
+    maintenance = asyncio.create_task(tenant_store.run_maintenance(every=MAINTENANCE_EVERY))
+    reclaimer = asyncio.create_task(_watch_poison(tenant_store, state))
     crew = [
         asyncio.create_task(
             # With two or more workers, worker-0 dies holding a lease after five items.
@@ -163,9 +170,9 @@ async def run_demo(
     try:
         await asyncio.wait_for(done.wait(), timeout=give_up_after)
     finally:
-        for task in (*crew, reclaimer):
+        for task in (*crew, reclaimer, maintenance):
             task.cancel()
-        for task in (*crew, reclaimer):
+        for task in (*crew, reclaimer, maintenance):
             with contextlib.suppress(asyncio.CancelledError, _Killed):
                 await task
     await tenant_store.update_execution_status(poison_execution.execution_id, WorkflowStatus.FAILED)
@@ -220,9 +227,9 @@ async def _worker(
     """Claim, heartbeat, record, complete; ``kill_after`` items, die holding a lease."""
     handled = 0
     while True:
-        item = await store.claim_work_item(name, [QUEUE])
+        # Waits for work, woken by the database (no sleep-and-retry loop).
+        item = await store.claim_work_item(name, [QUEUE], wait=CLAIM_WAIT)
         if item is None:
-            await asyncio.sleep(0.05)
             continue
         payload = item.payload if isinstance(item.payload, dict) else {}
         if payload.get("poison") or (kill_after is not None and handled >= kill_after):
@@ -282,19 +289,13 @@ async def _run_node(store: StateStore, worker: str, item: WorkItem, state: _RunS
         state.execution_done()
 
 
-async def _reclaim_loop(store: StateStore, state: _RunState) -> None:
-    while True:
-        reclaimed = await store.reclaim_expired_leases()
-        if reclaimed.exhausted:
-            for item in reclaimed.exhausted:
-                if item.node_id == "poison":
-                    state.poison_dead = True
-            state.check_done()
-        if not state.poison_dead:
-            letters = await store.list_dead_letters(limit=10)
-            state.poison_dead = any(d.item.node_id == "poison" for d in letters)
-            state.check_done()
-        await asyncio.sleep(0.25)
+async def _watch_poison(store: StateStore, state: _RunState) -> None:
+    """Notice when maintenance has dead-lettered the poison item (the demo's end)."""
+    while not state.poison_dead:
+        letters = await store.list_dead_letters(limit=10)
+        state.poison_dead = any(d.item.node_id == "poison" for d in letters)
+        state.check_done()
+        await asyncio.sleep(MAINTENANCE_EVERY.total_seconds())
 
 
 def queue_is_settled(stats: dict[str, dict[WorkItemStatus, int]]) -> bool:
