@@ -125,6 +125,10 @@ class WorkflowExecution(_Model):
     updated_at: UtcDatetime = Field(default_factory=utc_now)
     completed_at: UtcDatetime | None = None
     tenant_id: str = "default"
+    # Continue-as-new: the execution this one continues (its previous segment) and its
+    # place in the chain (0: the root).
+    parent_execution_id: uuid.UUID | None = None
+    segment: int = 0
 
 
 class Event(_Model):

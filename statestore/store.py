@@ -557,6 +557,28 @@ class StateStore:
         )
         return await self._write(self.turns.commit, turn)
 
+    async def continue_as_new(
+        self,
+        item_id: uuid.UUID | str,
+        *,
+        worker_id: str,
+        lease_fence: int,
+        state: JsonValue,
+        enqueue: Sequence[WorkItem] = (),
+    ) -> WorkflowExecution:
+        """In one transaction: complete the item (fenced), mark its execution completed and
+        start the next segment — ``parent_execution_id`` the old one, ``segment`` + 1,
+        ``initial_input`` and ``current_state`` = ``state``, a WorkflowStarted event — with
+        ``enqueue`` moved into it. The new id is derived from the parent and the segment,
+        so a retry after an unknown outcome returns the same segment, creating nothing."""
+        return await self._write(
+            self.turns.continue_as_new, item_id, worker_id, lease_fence, state, enqueue
+        )
+
+    async def segment_chain(self, execution_id: uuid.UUID | str) -> list[WorkflowExecution]:
+        """An execution's segments up to it, root first ([] if unknown)."""
+        return await self._read(self.turns.segment_chain, execution_id)
+
     async def get_effect(self, key: str) -> JsonValue | None:
         """The effect recorded under ``key`` for this view's tenant (``"default"`` on the
         unscoped store), or ``None``."""

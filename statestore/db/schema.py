@@ -106,6 +106,10 @@ class ExecutionRow(TenantOwned, Base):
     last_sequence: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     # start_execution's idempotency key: unique per tenant, forever.
     idempotency_key: Mapped[str | None] = mapped_column(String(ID_LENGTH), nullable=True)
+    # Continue-as-new: the previous segment (no foreign key: only columns are added to
+    # this table, see alembic/versions/0005_segments.py) and the place in the chain.
+    parent_execution_id: Mapped[uuid.UUID | None] = mapped_column(Uuid(), nullable=True)
+    segment: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
     __table_args__ = (
         Index(
@@ -119,6 +123,7 @@ class ExecutionRow(TenantOwned, Base):
         Index(None, "tenant_id", "updated_at", "id"),
         Index(None, "tenant_id", "status", "updated_at"),
         Index(None, "tenant_id", "workflow_id", "updated_at"),
+        Index(None, "parent_execution_id"),
     )
 
 

@@ -54,6 +54,8 @@ def execution_from_row(row: Any) -> WorkflowExecution:
         updated_at=row.updated_at,
         completed_at=row.completed_at,
         tenant_id=row.tenant_id,
+        parent_execution_id=row.parent_execution_id,
+        segment=row.segment,
     )
 
 
@@ -94,6 +96,8 @@ class ExecutionRepository(Repository):
             "completed_at": execution.completed_at,
             "last_sequence": 0,
             "idempotency_key": idempotency_key,
+            "parent_execution_id": execution.parent_execution_id,
+            "segment": check_int("segment", execution.segment, minimum=0),
         }
         tenant_id = self.context.tenant_for(execution)
         values["tenant_id"] = tenant_id

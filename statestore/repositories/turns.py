@@ -27,7 +27,7 @@ from statestore.db import queries
 from statestore.db.schema import ExecutionRow
 from statestore.db.tenancy import narrowed_to
 from statestore.errors import LeaseLostError, NotFoundError, ValidationError
-from statestore.event_kinds import parse_event_kind
+from statestore.event_kinds import WorkflowStarted, parse_event_kind
 from statestore.json_patch import merge_patch
 from statestore.materialize import fold, initial_state, snapshot_state
 from statestore.models import (
@@ -268,6 +268,84 @@ class TurnRepository(Repository):
         assert started is not None  # created just above, in this transaction
         return started, True
 
+    def continue_as_new(
+        self,
+        session: Session,
+        item_id: object,
+        worker_id: object,
+        lease_fence: object,
+        state: Any,
+        enqueue: Sequence[Any],
+    ) -> WorkflowExecution:
+        """Complete the item (fenced), mark its execution completed and create the next
+        segment (:func:`segment_id`) with ``state`` as its input and state, a
+        WorkflowStarted event at sequence 1 and ``enqueue`` (their ``execution_id``
+        replaced). A retry whose first try committed returns that segment, writing
+        nothing."""
+        item_id = check_uuid("item_id", item_id)
+        worker_id = check_identifier("worker_id", worker_id)
+        lease_fence = check_int("lease_fence", lease_fence, minimum=0)
+        state = check_json("state", state, self.context.max_json_bytes)
+        items = [
+            coerce_model("enqueue item", WorkItem, item)
+            for item in _sequence("enqueue", enqueue, MAX_CLAIM)
+        ]
+        locked = queries.lock_turn(session, item_id)
+        if locked is None:
+            raise NotFoundError(f"work item {item_id} not found")
+        with narrowed_to(session, locked.tenant_id):
+            parent = self.executions.get(session, locked.execution_id)
+            assert parent is not None  # the item's execution, visible like the item
+            new_id = segment_id(parent.execution_id, parent.segment + 1)
+            existing = self.executions.get(session, new_id)
+            if existing is not None:
+                return existing
+            now = self.context.now()
+            if queries.complete_item(session, item_id, worker_id, lease_fence, now) is not None:
+                raise LeaseLostError(
+                    f"work item {item_id} is not claimed by worker {worker_id!r} "
+                    f"with lease fence {lease_fence}"
+                )
+            self.executions.update_status(
+                session, parent.execution_id, WorkflowStatus.COMPLETED, None
+            )
+            segment = WorkflowExecution(
+                execution_id=new_id,
+                workflow_id=parent.workflow_id,
+                workflow_version=parent.workflow_version,
+                status=WorkflowStatus.RUNNING,
+                initial_input=state,
+                current_state=state,
+                started_at=now,
+                updated_at=now,
+                tenant_id=locked.tenant_id,
+                parent_execution_id=parent.execution_id,
+                segment=parent.segment + 1,
+            )
+            self.executions.create(session, segment)
+            started = WorkflowStarted(
+                workflow_id=parent.workflow_id,
+                workflow_version=parent.workflow_version,
+                initial_input=state,
+            )
+            self.events.append_many(session, new_id, [started], 0)
+            for item in items:
+                self.queue.enqueue(session, item.model_copy(update={"execution_id": new_id}))
+            created = self.executions.get(session, new_id)
+            assert created is not None  # created just above, in this transaction
+            return created
+
+    def segment_chain(self, session: Session, execution_id: object) -> list[WorkflowExecution]:
+        """The segments up to ``execution_id``, root first ([] if it is not visible)."""
+        chain: list[WorkflowExecution] = []
+        current = self.executions.get(session, check_uuid("execution_id", execution_id))
+        while current is not None:
+            chain.append(current)
+            if current.parent_execution_id is None:
+                break
+            current = self.executions.get(session, current.parent_execution_id)
+        return chain[::-1]
+
     def find_started(
         self, session: Session, execution: WorkflowExecution, key: str
     ) -> WorkflowExecution | None:
@@ -278,6 +356,12 @@ class TurnRepository(Repository):
                 select(ExecutionRow.id).where(ExecutionRow.idempotency_key == key)
             ).first()
             return None if row is None else self.executions.get(session, row.id)
+
+
+def segment_id(parent_id: uuid.UUID, segment: int) -> uuid.UUID:
+    """A segment's id: derived from its parent's (a random id the tenant owns, so no other
+    tenant can predict it, design decision 14) and its number, so a retry finds it."""
+    return uuid.uuid5(parent_id, f"statestore-segment-{segment}")
 
 
 def _sequence(name: str, value: Any, limit: int) -> Sequence[Any]:
