@@ -97,6 +97,19 @@ def item_from_row(row: Any) -> WorkItem:
     )
 
 
+def _locked_lease(
+    session: Session, item_id: uuid.UUID, worker_id: str | None, fence: int | None
+) -> Any:
+    """The item's lease row, locked until commit, if held by ``worker_id`` / ``fence``
+    (each checked when given); NotFoundError or LeaseLostError otherwise."""
+    lease = queries.select_lease(session, item_id, worker_id, fence, lock=True)
+    if lease is None:
+        raise NotFoundError(f"work item {item_id} not found")
+    if not lease.held:
+        raise _lease_lost(lease, worker_id, fence)
+    return lease
+
+
 def _claim_order(row: Any) -> tuple[int, datetime, uuid.UUID]:
     return (-row.priority, row.created_at, row.id)
 
@@ -323,11 +336,7 @@ class QueueRepository(Repository):
         delay = None if retry_in is None else check_timedelta("retry_in", retry_in)
         worker_id = check_optional_identifier("worker_id", worker_id)
         fence = check_optional_int("lease_fence", lease_fence, minimum=0)
-        lease = queries.select_lease(session, item_id, worker_id, fence, lock=True)
-        if lease is None:
-            raise NotFoundError(f"work item {item_id} not found")
-        if not lease.held:
-            raise _lease_lost(lease, worker_id, fence)
+        lease = _locked_lease(session, item_id, worker_id, fence)
         now = self.context.now()
         values: dict[str, Any] = {"last_error": error, "lease_expires_at": None, "updated_at": now}
         if delay is None:
@@ -362,11 +371,7 @@ class QueueRepository(Repository):
             raise ValidationError("give until or retry_in, not both")
         delay = None if retry_in is None else check_timedelta("retry_in", retry_in)
         due = None if until is None else check_datetime("until", until)
-        lease = queries.select_lease(session, item_id, worker_id, fence, lock=True)
-        if lease is None:
-            raise NotFoundError(f"work item {item_id} not found")
-        if not lease.held:
-            raise _lease_lost(lease, worker_id, fence)
+        lease = _locked_lease(session, item_id, worker_id, fence)
         now = self.context.now()
         self._update(
             session,
