@@ -201,7 +201,8 @@ async def test_one_listener_per_store(store: StateStore, database_url: str) -> N
     admin = await asyncpg.connect(dsn)
     try:
         listeners = await admin.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
         )
     finally:
         await admin.close()
