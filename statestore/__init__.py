@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     )
     from statestore.models import (
         ApiToken,
+        ArtifactRef,
         DeadLetter,
         Event,
         MaterializedState,
@@ -84,6 +85,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ApiToken",
     "ApprovalReceived",
+    "ArtifactRef",
     "BaseEventKind",
     "ChildWorkflowCompleted",
     "ChildWorkflowFailed",

@@ -206,6 +206,15 @@ class WorkItem(_Model):
     enqueueing another returns that item's id and writes nothing."""
 
 
+class ArtifactRef(_Model):
+    """A stored artifact: its SHA-256 (hex), its size in bytes and the media type it was
+    first stored with."""
+
+    hash: str
+    size: int
+    media_type: str | None = None
+
+
 class TurnResult(_Model):
     """What ``commit_turn`` wrote: the events' sequences, the item's new status, the ids of
     the items enqueued (an existing item's id where a dedupe key matched), and the sequence

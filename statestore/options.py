@@ -21,6 +21,7 @@ class StoreOptions:
     durability: Durability
     busy_timeout: float
     readers: int
+    max_artifact_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not isinstance(self.lease_duration, timedelta) or self.lease_duration <= timedelta(0):
@@ -30,6 +31,7 @@ class StoreOptions:
         try:
             check_int("max_json_bytes", self.max_json_bytes, minimum=1)
             check_int("readers", self.readers, minimum=1, maximum=64)
+            check_int("max_artifact_bytes", self.max_artifact_bytes, minimum=1)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
         if not callable(self.clock):

@@ -25,6 +25,7 @@ from statestore.errors import ConfigurationError, TenantError
 from statestore.event_kinds import BaseEventKind
 from statestore.models import (
     ApiToken,
+    ArtifactRef,
     DeadLetter,
     Event,
     MaterializedState,
@@ -41,6 +42,7 @@ from statestore.models import (
     utc_now,
 )
 from statestore.options import StoreOptions
+from statestore.repositories.artifacts import ArtifactRepository
 from statestore.repositories.auth import AuthRepository
 from statestore.repositories.base import StoreContext
 from statestore.repositories.effects import EffectRepository
@@ -86,6 +88,7 @@ class StateStore:
             clock=shared.options.clock,
             max_json_bytes=shared.options.max_json_bytes,
             lease_duration=shared.options.lease_duration,
+            max_artifact_bytes=shared.options.max_artifact_bytes,
         )
         self.workflows = WorkflowRepository(context)
         self.executions = ExecutionRepository(context)
@@ -95,6 +98,7 @@ class StateStore:
         self.queue = QueueRepository(context)
         self.tokens = AuthRepository(context)
         self.effects = EffectRepository(context)
+        self.artifacts = ArtifactRepository(context)
         self.turns = TurnRepository(
             context,
             executions=self.executions,
@@ -117,6 +121,7 @@ class StateStore:
         durability: Durability = "NORMAL",
         busy_timeout: float = 30.0,
         readers: int = 2,
+        max_artifact_bytes: int = 64 * 1024 * 1024,
         **engine_options: Any,
     ) -> Self:
         """Connect to a database without migrating it.
@@ -126,11 +131,18 @@ class StateStore:
         ``$STATESTORE_DATABASE_URL``, else ``sqlite:///./statestore.db``. ``clock`` gives
         every timestamp the store sets (default: system UTC time). SQLite only:
         ``durability`` ("NORMAL" or "FULL" for ``synchronous``), ``busy_timeout`` seconds,
-        ``readers`` reader threads. Other keyword arguments go to SQLAlchemy's
+        ``readers`` reader threads. ``max_artifact_bytes``: the largest artifact
+        ``put_artifact`` takes (default 64 MiB). Other keyword arguments go to SQLAlchemy's
         ``create_async_engine``.
         """
         options = StoreOptions(
-            clock or utc_now, lease_duration, max_json_bytes, durability, busy_timeout, readers
+            clock or utc_now,
+            lease_duration,
+            max_json_bytes,
+            durability,
+            busy_timeout,
+            readers,
+            max_artifact_bytes,
         )
         config = parse_database_url(url)
         if cls._only_dialect is not None and config.dialect != cls._only_dialect:
@@ -578,6 +590,16 @@ class StateStore:
     async def segment_chain(self, execution_id: uuid.UUID | str) -> list[WorkflowExecution]:
         """An execution's segments up to it, root first ([] if unknown)."""
         return await self._read(self.turns.segment_chain, execution_id)
+
+    async def put_artifact(self, data: bytes, media_type: str | None = None) -> ArtifactRef:
+        """Store ``data`` once per tenant under its SHA-256 (hex): the same bytes again store
+        nothing and keep the first ``media_type``. Beyond ``max_artifact_bytes``:
+        ``ValidationError``. Whole values in memory, not streamed."""
+        return await self._write(self.artifacts.put, data, media_type)
+
+    async def get_artifact(self, hash: str) -> bytes | None:
+        """The bytes stored under ``hash`` for this tenant, or ``None``."""
+        return await self._read(self.artifacts.get, hash)
 
     async def get_effect(self, key: str) -> JsonValue | None:
         """The effect recorded under ``key`` for this view's tenant (``"default"`` on the

@@ -413,7 +413,7 @@ async def test_api_docs_list_every_repository_operation_with_its_signature(
     documented = documented_operations()
     actual: dict[tuple[str, str], list[str]] = {}
     repositories = ("workflows", "executions", "events", "snapshots", "queue", "tokens", "tenants")
-    for name in (*repositories, "effects", "turns"):
+    for name in (*repositories, "effects", "turns", "artifacts"):
         repository = getattr(cstore, name)
         for method_name, method in inspect.getmembers(repository, inspect.ismethod):
             if not method_name.startswith("_"):

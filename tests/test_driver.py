@@ -48,6 +48,7 @@ SHAPES: dict[str, list[tuple[Any, ...]]] = {
     "_events_since": [()],
     "_feed": [()],
     "_checkpoint": [()],
+    "_artifact": [(False,), (True,)],
     "_latest_sequence": [()],
     "_enqueue": [(), ("sqlite",), ("postgresql",)],  # deduped: one construct per dialect
     "_deduped": [()],

@@ -69,6 +69,7 @@ from statestore.db.schema import (
     ACTIVE_DEDUPE_KEY,
     FEED_SEQUENCE,
     ApiTokenRow,
+    ArtifactRow,
     Base,
     EffectRow,
     EventRow,
@@ -367,6 +368,35 @@ def upsert_checkpoint(session: Session, values: dict[str, Any]) -> None:
             set_={"position": values["position"], "updated_at": values["updated_at"]},
         )
     )
+
+
+# ---------------------------------------------------------------- artifacts
+
+
+def _artifact(with_data: bool) -> Executable:
+    columns: list[InstrumentedAttribute[Any]] = [ArtifactRow.size, ArtifactRow.media_type]
+    if with_data:
+        columns.append(ArtifactRow.data)
+    return select(*columns).where(
+        ArtifactRow.tenant_id == bindparam("p_owner"), ArtifactRow.hash == bindparam("p_hash")
+    )
+
+
+def insert_artifact(session: Session, values: dict[str, Any]) -> Any:
+    """Store an artifact (``values``: every column, its tenant resolved by the caller) unless
+    the tenant has it already (``INSERT … ON CONFLICT DO NOTHING``); the stored row's
+    ``size`` and ``media_type`` (the first writer's)."""
+    statement = _DIALECT_INSERT[_connection(session).dialect.name](ArtifactRow).values(**values)
+    session.execute(statement.on_conflict_do_nothing())
+    params = {"p_owner": values["tenant_id"], "p_hash": values["hash"]}
+    return _first(_in_scope(session, _artifact, params, False))
+
+
+def select_artifact(session: Session, tenant_id: str, digest: str) -> bytes | None:
+    """The bytes of ``tenant_id``'s artifact ``digest``, or ``None``."""
+    params = {"p_owner": tenant_id, "p_hash": digest}
+    row = _first(_in_scope(session, _artifact, params, True))
+    return None if row is None else bytes(row.data)
 
 
 # ---------------------------------------------------------------- events

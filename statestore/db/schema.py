@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Sequence,
     String,
@@ -290,6 +291,19 @@ class EffectRow(TenantOwned, Base):
     __table_args__ = (Index(None, "execution_id"),)
 
 
+class ArtifactRow(TenantOwned, Base):
+    """Content-addressed bytes, stored once per tenant under their SHA-256 (hex)."""
+
+    __tablename__ = "artifacts"
+
+    tenant_id: Mapped[str] = _tenant_fk(primary_key=True)
+    hash: Mapped[str] = mapped_column(identifier_type(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    media_type: Mapped[str | None] = mapped_column(String(ID_LENGTH), nullable=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 TENANT_OWNED_MODELS: tuple[type[Base], ...] = (
     WorkflowDefinitionRow,
     ExecutionRow,
@@ -299,4 +313,5 @@ TENANT_OWNED_MODELS: tuple[type[Base], ...] = (
     ApiTokenRow,
     EffectRow,
     FeedCheckpointRow,
+    ArtifactRow,
 )

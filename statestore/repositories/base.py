@@ -74,6 +74,7 @@ class StoreContext:
     clock: Callable[[], datetime]
     max_json_bytes: int
     lease_duration: timedelta
+    max_artifact_bytes: int = 64 * 1024 * 1024
 
     def now(self) -> datetime:
         """The store clock's current time, as aware UTC."""
