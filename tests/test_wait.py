@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from statestore import StateStore, ValidationError, WorkflowExecution, WorkItem
+from statestore.db.maintenance import Leadership
 from statestore.models import utc_now
 
 WORKER = Path(__file__).with_name("wait_worker.py")
@@ -210,3 +211,28 @@ async def test_one_listener_per_store(store: StateStore, database_url: str) -> N
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_url_options_reach_the_listener_and_the_leader(
+    make_store: Any, database_url: str
+) -> None:
+    options = "sslmode=disable&prepared_statement_cache_size=100&target_session_attrs=any"
+    store: StateStore = await make_store_with_url(f"{database_url}?{options}")
+    try:
+        eid = await execution(store)
+        task = await waiting(store)
+        assert store._backend.waker.listener_pid is not None
+        await store.enqueue_work_item(item(eid))
+        assert await asyncio.wait_for(task, 10) is not None
+        leadership = Leadership(store._backend.config, "*")
+        try:
+            assert await leadership.held()
+        finally:
+            await leadership.release()
+    finally:
+        await store.close()
+
+
+async def make_store_with_url(url: str) -> StateStore:
+    return await StateStore.connect(url)

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from statestore.db.engine import DatabaseConfig
+from statestore.db.wakeup import asyncpg_dsn
 
 MAINTENANCE_LOCK_KEY = 0x5354_4154  # "STAT"
 """The PostgreSQL advisory lock its leader holds: ``pg_try_advisory_lock(MAINTENANCE_LOCK_KEY,
@@ -45,10 +46,7 @@ class Leadership:
         if self._connection is not None and self._connection.is_closed():
             self._connection, self._held = None, False
         if self._connection is None:
-            url = self._config.async_url.set(drivername="postgresql")
-            self._connection = await asyncpg.connect(
-                url.render_as_string(hide_password=False), timeout=10
-            )
+            self._connection = await asyncpg.connect(asyncpg_dsn(self._config), timeout=10)
         try:
             if self._held:
                 await self._connection.fetchval("SELECT 1")  # is the session still alive?

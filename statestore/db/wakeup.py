@@ -138,8 +138,7 @@ class Waker:
         drops. A (re)connection signals every waiter: something may have been missed."""
         import asyncpg
 
-        url = self._config.async_url.set(drivername="postgresql")
-        dsn = url.render_as_string(hide_password=False)
+        dsn = asyncpg_dsn(self._config)
         failures = 0
         while not self._closed:
             connection: Any = None
@@ -169,6 +168,18 @@ class Waker:
             self.signal()  # waiters fall back to polling
             await asyncio.sleep(RECONNECT_S[min(failures, len(RECONNECT_S) - 1)])
             failures += 1
+
+
+def asyncpg_dsn(config: DatabaseConfig) -> str:
+    """A DSN for a raw ``asyncpg.connect`` to the store's PostgreSQL database (the LISTEN
+    and maintenance-leader sessions): the store's URL with asyncpg's own option names
+    (``ssl`` back to ``sslmode``; SQLAlchemy's ``prepared_statement_cache_size`` dropped)."""
+    url = config.async_url.set(drivername="postgresql")
+    query = dict(url.query)
+    query.pop("prepared_statement_cache_size", None)
+    if "ssl" in query:
+        query["sslmode"] = query.pop("ssl")
+    return url.set(query=query).render_as_string(hide_password=False)
 
 
 def _data_version(connection: sqlite3.Connection) -> int:
