@@ -486,3 +486,31 @@ def test_the_cli_loads_no_web_framework_until_ui_runs() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+async def test_the_feed_pages_in_order_and_shows_a_tenant_only_its_events(
+    store: StateStore,
+) -> None:
+    await store.create_tenant(Tenant(id="acme", name="Acme"))
+    acme = store.for_tenant("acme")
+    mine = await new_execution(acme, workflow="acme-flow")
+    theirs = await new_execution(store, workflow="default-flow")
+    await acme.append_events(mine, [{"type": "a1"}, {"type": "a2"}, {"type": "a3"}])
+    await store.append_events(theirs, [CustomEvent(type="secret", note=SCRIPT)])
+    acme_token, _ = await acme.create_token("acme viewer", TokenRole.VIEWER)
+    operator, _ = await store.create_token("ops", TokenRole.OPERATOR)
+    async with client(store, require_token=True) as http:
+        everyone = {"Authorization": f"Bearer {operator}"}
+        first = await ok(http, "/api/feed?limit=2", headers=everyone)
+        rest = await ok(http, f"/api/feed?after={first['next']}&limit=10", headers=everyone)
+        events = first["items"] + rest["items"]
+        assert [e["type"] for e in events if e["tenant_id"] == "acme"] == ["a1", "a2", "a3"]
+        positions = [e["position"] for e in events]
+        assert positions == sorted(positions) and len(set(positions)) == 4
+        as_acme = {"Authorization": f"Bearer {acme_token}"}
+        scoped = await ok(http, "/api/feed", headers=as_acme)
+        assert {e["tenant_id"] for e in scoped["items"]} == {"acme"}
+        page = await http.get("/feed", headers=everyone)
+        assert page.status_code == 200 and "secret" in page.text and SCRIPT not in page.text
+        assert "secret" not in (await http.get("/feed", headers=as_acme)).text
+        assert (await http.get("/api/feed?after=-1", headers=everyone)).status_code == 400

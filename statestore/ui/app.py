@@ -254,6 +254,9 @@ def create_app(
     async def api_dead_letters(request: Request, view: StateStore, _: Any) -> Response:
         return _json(await _dead_letters(request, view))
 
+    async def api_feed(request: Request, view: StateStore, _: Any) -> Response:
+        return _json(await _feed(request, view))
+
     # ------------------------------------------------------------------ pages
 
     async def overview_page(request: Request, view: StateStore, token: Any) -> Response:
@@ -272,6 +275,9 @@ def create_app(
     async def dead_letters_page(request: Request, view: StateStore, token: Any) -> Response:
         found = await _dead_letters(request, view)
         return inspector.page(request, "dead_letters.html", found, token=token)
+
+    async def feed_page(request: Request, view: StateStore, token: Any) -> Response:
+        return inspector.page(request, "feed.html", await _feed(request, view), token=token)
 
     # ------------------------------------------------------------------ signing in
 
@@ -315,11 +321,13 @@ def create_app(
         route("/executions", executions_page),
         route("/executions/{execution_id}", execution_page),
         route("/dead-letters", dead_letters_page),
+        route("/feed", feed_page),
         route("/api/overview", api_overview),
         route("/api/executions", api_executions),
         route("/api/executions/{execution_id}", api_execution),
         route("/api/executions/{execution_id}/events", api_events),
         route("/api/dead-letters", api_dead_letters),
+        route("/api/feed", api_feed),
         Route("/login", login_form, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
@@ -339,6 +347,13 @@ async def _executions(request: Request, view: StateStore) -> dict[str, Any]:
         tenant_id=params.get("tenant") or None,
         after=params.get("after") or None,
         limit=data.page_size(params.get("limit")),
+    )
+
+
+async def _feed(request: Request, view: StateStore) -> dict[str, Any]:
+    after = _int(request.query_params.get("after"), "after")
+    return await data.feed(
+        view, after=after, limit=data.page_size(request.query_params.get("limit"))
     )
 
 

@@ -397,6 +397,26 @@ async def events(
     }
 
 
+async def feed(store: StateStore, *, after: int = 0, limit: int = DEFAULT_PAGE) -> Json:
+    """The database-wide event feed after position ``after`` (the view's tenant only on a
+    scoped view), oldest first: a keyset page on the position, never skipping."""
+    if after < 0:
+        raise BadRequest("after must be >= 0")
+    page = await store.read_feed(after, limit)
+    return {
+        "items": [
+            {
+                **event_json(event),
+                "position": event.position,
+                "execution_id": str(event.execution_id),
+                "tenant_id": event.tenant_id,
+            }
+            for event in page
+        ],
+        "next": page[-1].position if len(page) == limit and page else None,
+    }
+
+
 def _item_json(item: WorkItem) -> Json:
     return {
         "item_id": str(item.id),
