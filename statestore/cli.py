@@ -399,24 +399,32 @@ async def executions_show(store: StateStore, execution_id: str) -> None:
 
 @cli.command("events")
 @common_options
-@click.argument("execution_id")
-@click.option("--follow", is_flag=True, help="Keep printing new events until the execution ends.")
+@click.argument("execution_id", required=False)
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep printing new events: until the execution ends, or (no EXECUTION_ID) until "
+    "interrupted.",
+)
+@click.option("--after", default=0, type=int, help="Feed only: start after this position.")
+@click.option("--tenant", "tenant_id", default=None, help="Feed only: this tenant's events.")
 @with_store(read_only=True)
-async def events(store: StateStore, execution_id: str, follow: bool) -> None:
-    """Print an execution's events."""
+async def events(
+    store: StateStore, execution_id: str | None, follow: bool, after: int, tenant_id: str | None
+) -> None:
+    """Print an execution's events, or without EXECUTION_ID the database-wide event feed
+    (every committed event in feed order, each once)."""
+    if execution_id is None:
+        async for event in _scoped(store, tenant_id).iter_feed(after, follow=follow):
+            _print_event(event, feed=True)
+        return
     if await store.get_execution(execution_id) is None:
         raise NotFoundError(f"execution {execution_id} not found")
     since = 0
     while True:
         batch = await store.get_events_since(execution_id, since, limit=1000)
         for event in batch:
-            if json_mode():
-                click.echo(json.dumps(event.model_dump(mode="json")))
-            else:
-                kind = event.kind.to_json_dict()
-                kind_type = kind.pop("type")
-                stamp = _time(event.created_at)
-                _out().print(f"{event.sequence:>6}  {stamp}  {kind_type}  {json.dumps(kind)}")
+            _print_event(event, feed=False)
             since = event.sequence
         if batch:
             continue
@@ -426,6 +434,19 @@ async def events(store: StateStore, execution_id: str, follow: bool) -> None:
         import asyncio
 
         await asyncio.sleep(0.5)
+
+
+def _print_event(event: Any, *, feed: bool) -> None:
+    """One event: a JSON line with --json, else a line of text (the feed's shows the
+    position and execution)."""
+    if json_mode():
+        click.echo(json.dumps(event.model_dump(mode="json")))
+        return
+    kind = event.kind.to_json_dict()
+    kind_type = kind.pop("type")
+    stamp = _time(event.created_at)
+    where = f"{event.position:>12}  {event.execution_id}  " if feed else ""
+    _out().print(f"{where}{event.sequence:>6}  {stamp}  {kind_type}  {json.dumps(kind)}")
 
 
 @cli.group()

@@ -266,3 +266,31 @@ def test_the_demo_summary_hides_a_query_password(pg_database: str) -> None:
 def test_help(argv: list[str]) -> None:
     result = run(*argv)
     assert result.returncode == 0 and "Usage" in result.stdout
+
+
+async def test_events_without_an_execution_follows_the_feed(database_url: str) -> None:
+    from statestore import Tenant, WorkflowExecution
+
+    store = await StateStore.connect(database_url)
+    try:
+        await store.create_tenant(Tenant(id="acme", name="Acme"))
+        runs = []
+        for tenant in ("default", "acme"):
+            run_ = WorkflowExecution(workflow_id="wf", workflow_version="1", tenant_id=tenant)
+            await store.create_execution(run_)
+            await store.append_events(run_.execution_id, [{"type": f"{tenant}-1"}, {"type": "x"}])
+            runs.append(run_)
+    finally:
+        await store.close()
+    everything = run("events", "--json", url=database_url)
+    assert everything.returncode == 0, everything.stderr
+    lines = [json.loads(line) for line in everything.stdout.splitlines()]
+    assert len(lines) == 4 and len({line["position"] for line in lines}) == 4
+    assert [line["position"] for line in lines] == sorted(line["position"] for line in lines)
+    acme = run("events", "--json", "--tenant", "acme", url=database_url)
+    kinds = [json.loads(line)["kind"]["type"] for line in acme.stdout.splitlines()]
+    assert kinds == ["acme-1", "x"]
+    later = run("events", "--json", "--after", str(lines[1]["position"]), url=database_url)
+    assert [json.loads(line)["position"] for line in later.stdout.splitlines()] == [
+        line["position"] for line in lines[2:]
+    ]
