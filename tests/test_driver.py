@@ -66,6 +66,8 @@ SHAPES: dict[str, list[tuple[Any, ...]]] = {
     "_turn_lock": [()],
     "_advance": [(False,), (True,)],
     "_record_effect": [()],
+    "_notify": [(1,), (3,)],
+    "_next_due": [(1,), (3,)],
 }
 
 
