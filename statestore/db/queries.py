@@ -314,18 +314,25 @@ def _feed_horizon_sqlite(element: _FeedHorizon, compiler: Any, **kw: Any) -> str
     return str(2**63 - 1)
 
 
+def _event_columns() -> tuple[Any, ...]:
+    """What an event read returns (the execution's events, the feed): the kind as text on
+    both databases, because the typed kind model parses it directly, which is faster than
+    the driver decoding JSON and the model validating the objects."""
+    return (
+        EventRow.id,
+        EventRow.execution_id,
+        EventRow.sequence,
+        EventRow.event_type,
+        cast(EventRow.kind, Text).label("kind"),
+        EventRow.created_at,
+        EventRow.tenant_id,
+        EventRow.position,
+    )
+
+
 def _feed() -> Executable:
     return (
-        select(
-            EventRow.id,
-            EventRow.execution_id,
-            EventRow.sequence,
-            EventRow.event_type,
-            cast(EventRow.kind, Text).label("kind"),
-            EventRow.created_at,
-            EventRow.tenant_id,
-            EventRow.position,
-        )
+        select(*_event_columns())
         .where(
             EventRow.position > bindparam("p_after", type_=BigInteger),
             EventRow.position < _FeedHorizon(),
@@ -522,17 +529,7 @@ def insert_events(
 
 def _events_since() -> Executable:
     return (
-        select(
-            EventRow.id,
-            EventRow.sequence,
-            EventRow.event_type,
-            # As text on both databases: the typed kind model parses it directly, which is
-            # faster than the driver decoding JSON and the model validating the objects.
-            cast(EventRow.kind, Text).label("kind"),
-            EventRow.created_at,
-            EventRow.tenant_id,
-            EventRow.position,
-        )
+        select(*_event_columns())
         .where(
             EventRow.execution_id == bindparam("p_id"),
             EventRow.sequence > bindparam("p_since", type_=BigInteger),
