@@ -456,3 +456,33 @@ async def test_materialize_from_a_stored_snapshot_at_any_cut_equals_the_full_fol
         )
     )
     assert await store.materialize(run.execution_id) == fold(initial_state(run), events)
+
+
+async def test_another_tenants_item_execution_and_keys_stay_apart(store: StateStore) -> None:
+    """A scoped store cannot commit, park or materialize another tenant's work (it looks
+    missing, nothing is written); idempotency and dedupe keys are per tenant."""
+    await store.create_tenant(Tenant(id="t2", name="T2"))
+    mine, theirs = store.for_tenant("default"), store.for_tenant("t2")
+    run = await _started(theirs)
+    item = await _claimed(theirs, run)
+    before = await _everything(store, run)
+    with pytest.raises(NotFoundError):
+        await mine.commit_turn(
+            item.id, worker_id="w1", lease_fence=item.lease_fence, events=[{"type": "x"}]
+        )
+    with pytest.raises(NotFoundError):
+        await mine.park_work_item(item.id, worker_id="w1", lease_fence=item.lease_fence)
+    with pytest.raises(NotFoundError):
+        await mine.materialize(run.execution_id)
+    assert await _everything(store, run) == before
+    started = []
+    for view in (mine, theirs):
+        execution = WorkflowExecution(workflow_id="wf", workflow_version="1")
+        found, created = await view.start_execution(execution, idempotency_key="same-key")
+        assert created and found.tenant_id == view.tenant_id
+        started.append(found.execution_id)
+        work = WorkItem(
+            execution_id=found.execution_id, node_id="n", queue_type="q", dedupe_key="d"
+        )
+        assert await view.enqueue_work_item(work) == work.id  # the other tenant's key is no match
+    assert started[0] != started[1]
