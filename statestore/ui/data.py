@@ -236,6 +236,36 @@ def _before(
     )
 
 
+async def _newest_first(
+    store: StateStore,
+    tenant_ids: Sequence[str | None],
+    statement: Rows,
+    moment: InstrumentedAttribute[Any],
+    row_id: InstrumentedAttribute[Any],
+    cursor: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> Json:
+    """A keyset page of ``statement``'s rows, newest ``moment`` first (ties by id), after
+    ``cursor``: one index range per tenant in ``tenant_ids``, merged (:func:`_merged_page`)."""
+    tenant_column = moment.class_.tenant_id
+
+    def query(tenant: str | None) -> Rows:
+        ranged = statement
+        if tenant is not None:
+            ranged = ranged.where(tenant_column == tenant)
+        if cursor is not None:
+            ranged = ranged.where(_before(moment, row_id, cursor))
+        return ranged.order_by(moment.desc(), row_id.desc())
+
+    def key(row: Any) -> tuple[datetime, uuid.UUID]:
+        return getattr(row, moment.key), getattr(row, row_id.key)
+
+    rows = await store.run(
+        lambda session: _merged_page(session, tenant_ids, query, key, limit), write=False
+    )
+    return _page(rows, limit, key)
+
+
 _EXECUTION_COLUMNS = (
     ExecutionRow.id,
     ExecutionRow.tenant_id,
@@ -247,10 +277,6 @@ _EXECUTION_COLUMNS = (
     ExecutionRow.completed_at,
     ExecutionRow.last_sequence,
 )
-
-
-def _execution_key(row: Any) -> tuple[datetime, uuid.UUID]:
-    return row.updated_at, row.id
 
 
 async def executions(
@@ -268,23 +294,14 @@ async def executions(
     cursor = decode_cursor(after)
     tenants = await _list_tenants(store, tenant_id)
 
-    def query(tenant: str | None) -> Rows:
-        statement = select(*_EXECUTION_COLUMNS)
-        if tenant is not None:
-            statement = statement.where(ExecutionRow.tenant_id == tenant)
-        if status:
-            statement = statement.where(ExecutionRow.status == status)
-        if workflow_id:
-            statement = statement.where(ExecutionRow.workflow_id == workflow_id)
-        if cursor is not None:
-            statement = statement.where(_before(ExecutionRow.updated_at, ExecutionRow.id, cursor))
-        return statement.order_by(ExecutionRow.updated_at.desc(), ExecutionRow.id.desc())
-
-    rows = await store.run(
-        lambda session: _merged_page(session, tenants, query, _execution_key, limit),
-        write=False,
+    statement = select(*_EXECUTION_COLUMNS)
+    if status:
+        statement = statement.where(ExecutionRow.status == status)
+    if workflow_id:
+        statement = statement.where(ExecutionRow.workflow_id == workflow_id)
+    page = await _newest_first(
+        store, tenants, statement, ExecutionRow.updated_at, ExecutionRow.id, cursor, limit
     )
-    page = _page(rows, limit, _execution_key)
     return {
         "items": [
             {
@@ -307,10 +324,6 @@ async def executions(
     }
 
 
-def _dead_letter_key(row: Any) -> tuple[datetime, uuid.UUID]:
-    return row.dead_lettered_at, row.id
-
-
 async def dead_letters(
     store: StateStore, *, after: str | None = None, limit: int = DEFAULT_PAGE
 ) -> Json:
@@ -319,34 +332,23 @@ async def dead_letters(
     cursor = decode_cursor(after)
     tenants = await _list_tenants(store, None)
 
-    def query(tenant: str | None) -> Rows:
-        statement = select(
-            WorkItemRow.id,
-            WorkItemRow.tenant_id,
-            WorkItemRow.execution_id,
-            WorkItemRow.node_id,
-            WorkItemRow.queue_type,
-            WorkItemRow.attempt,
-            WorkItemRow.max_attempts,
-            WorkItemRow.last_error,
-            WorkItemRow.dead_lettered_at,
-        ).where(
-            WorkItemRow.status == WorkItemStatus.DEAD_LETTERED.value,
-            WorkItemRow.dead_lettered_at.is_not(None),
-        )
-        if tenant is not None:
-            statement = statement.where(WorkItemRow.tenant_id == tenant)
-        if cursor is not None:
-            statement = statement.where(
-                _before(WorkItemRow.dead_lettered_at, WorkItemRow.id, cursor)
-            )
-        return statement.order_by(WorkItemRow.dead_lettered_at.desc(), WorkItemRow.id.desc())
-
-    rows = await store.run(
-        lambda session: _merged_page(session, tenants, query, _dead_letter_key, limit),
-        write=False,
+    statement = select(
+        WorkItemRow.id,
+        WorkItemRow.tenant_id,
+        WorkItemRow.execution_id,
+        WorkItemRow.node_id,
+        WorkItemRow.queue_type,
+        WorkItemRow.attempt,
+        WorkItemRow.max_attempts,
+        WorkItemRow.last_error,
+        WorkItemRow.dead_lettered_at,
+    ).where(
+        WorkItemRow.status == WorkItemStatus.DEAD_LETTERED.value,
+        WorkItemRow.dead_lettered_at.is_not(None),
     )
-    page = _page(rows, limit, _dead_letter_key)
+    page = await _newest_first(
+        store, tenants, statement, WorkItemRow.dead_lettered_at, WorkItemRow.id, cursor, limit
+    )
     return {
         "items": [
             {
