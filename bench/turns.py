@@ -423,27 +423,44 @@ async def sqlite_turn_cells(path: Path, store: StateStore, duration: float) -> l
             return ids
 
         for callers in (1, SQLITE_CALLERS):
-            own = shares(executions, callers)
-            store_items = ClaimedItems(f"store{callers}", own, fill)
-            raw_items = ClaimedItems(f"raw{callers}", own, fill)
-            contenders = [
-                Contender(
-                    "store",
-                    callers=[store_turner(store, store_items, c) for c in range(callers)],
-                    prepare=store_items.top_up,
-                ),
-                Contender(
-                    "raw",
-                    callers=[sqlite_turner(gc, gc_conn, raw_items, c) for c in range(callers)],
-                    prepare=raw_items.top_up,
-                ),
-            ]
+            contenders = turn_contenders(
+                store,
+                shares(executions, callers),
+                fill,
+                callers,
+                lambda items, c: sqlite_turner(gc, gc_conn, items, c),
+            )
             cells.append(await measure("sqlite", "commit_turn", contenders, duration, callers))
     finally:
         await gc.close()
         gc_conn.close()
         fill_conn.close()
     return cells
+
+
+def turn_contenders(
+    store: StateStore,
+    own: Any,
+    fill: Any,
+    callers: int,
+    raw_turner: Callable[[ClaimedItems, int], Any],
+) -> list[Contender]:
+    """The store and raw contenders of a commit_turn cell, each settling its own claimed
+    items (topped up untimed before every run)."""
+    store_items = ClaimedItems(f"store{callers}", own, fill)
+    raw_items = ClaimedItems(f"raw{callers}", own, fill)
+    return [
+        Contender(
+            "store",
+            callers=[store_turner(store, store_items, c) for c in range(callers)],
+            prepare=store_items.top_up,
+        ),
+        Contender(
+            "raw",
+            callers=[raw_turner(raw_items, c) for c in range(callers)],
+            prepare=raw_items.top_up,
+        ),
+    ]
 
 
 async def pg_turn_cells(url: str, store: StateStore, duration: float) -> list[Cell]:
@@ -472,21 +489,13 @@ async def pg_turn_cells(url: str, store: StateStore, duration: float) -> list[Ce
 
         cells = []
         for callers in (1, PG_WORKERS):
-            own = shares(executions, callers)
-            store_items = ClaimedItems(f"store{callers}", own, fill)
-            raw_items = ClaimedItems(f"raw{callers}", own, fill)
-            contenders = [
-                Contender(
-                    "store",
-                    callers=[store_turner(store, store_items, c) for c in range(callers)],
-                    prepare=store_items.top_up,
-                ),
-                Contender(
-                    "raw",
-                    callers=[pg_turner(workers[c], raw_items, c) for c in range(callers)],
-                    prepare=raw_items.top_up,
-                ),
-            ]
+            contenders = turn_contenders(
+                store,
+                shares(executions, callers),
+                fill,
+                callers,
+                lambda items, c: pg_turner(workers[c], items, c),
+            )
             cells.append(await measure("postgresql", "commit_turn", contenders, duration, callers))
     return cells
 
