@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser demo test test-slow lint format bench bench-scale bench-turns clean
+.PHONY: install browser demo test test-slow lint format bench bench-scale bench-turns bench-capacity clean
 
 install: $(STAMP) browser
 
@@ -59,6 +59,12 @@ bench-scale: install
 # the round trips of a turn (about a minute; PostgreSQL at $STATESTORE_BENCH_PG_URL).
 bench-turns: install
 	$(BIN)/python bench/turns.py --write docs/benchmarks.md
+
+# Capacity curve on PostgreSQL: append and claim+complete with 1, 2, 4, 8 and 16 worker
+# processes, the store against raw asyncpg on the same SQL (about 4 minutes; the server at
+# $STATESTORE_BENCH_PG_URL). Writes the figures and bench/results/capacity.json.
+bench-capacity: install
+	$(BIN)/python bench/capacity.py --write docs/benchmarks.md --json bench/results/capacity.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build
