@@ -458,6 +458,7 @@ class CpuSample:
 
     at: float
     machine_s: float
+    iowait_s: float
     server_s: dict[int, float]
 
     @classmethod
@@ -475,7 +476,7 @@ class CpuSample:
                 continue  # gone meanwhile
             rest = text[text.rfind(")") + 2 :].split()
             server[pid] = (int(rest[11]) + int(rest[12])) / TICK  # utime + stime
-        return cls(time.monotonic(), machine, server)
+        return cls(time.monotonic(), machine, fields[4] / TICK, server)
 
 
 @dataclass
@@ -486,6 +487,8 @@ class Cpu:
     machine_s: float
     server_s: float
     clients_s: float
+    iowait_s: float
+    """Idle time with I/O outstanding (``/proc/stat``), e.g. waiting for WAL flushes."""
 
     @classmethod
     def between(cls, before: CpuSample, after: CpuSample, clients_s: float) -> Cpu:
@@ -494,6 +497,7 @@ class Cpu:
             machine_s=after.machine_s - before.machine_s,
             server_s=sum(t - before.server_s.get(pid, t) for pid, t in after.server_s.items()),
             clients_s=clients_s,
+            iowait_s=after.iowait_s - before.iowait_s,
         )
 
     @property
@@ -530,6 +534,7 @@ class Run:
             "server": cpu.server_s / cpu.window_s,
             "other": cpu.other_s / cpu.window_s,
             "machine": cpu.machine_s / cpu.window_s,
+            "iowait": cpu.iowait_s / cpu.window_s,
         }
         return data
 
@@ -649,6 +654,8 @@ class Bench:
         self.appended += sum(r.appended for r in results)
         if cell == CLAIM:
             await self.check_claims(admin, queue, filled, results)
+        # Every run starts on tables without the dead rows of the runs before it.
+        await admin.execute("VACUUM work_items, workflow_executions")
         self.runs.append(run)
         w = cpu.window_s
         progress(
@@ -734,6 +741,15 @@ class Row:
             sum(r.cpu.other_s for r in runs) / window,
         )
 
+    def cpu_per_op_us(self, contender: str) -> tuple[float, float]:
+        """CPU µs per op of the worker processes and of the server."""
+        runs = self.by[contender]
+        calls = sum(r.calls for r in runs)
+        return (
+            sum(r.cpu.clients_s for r in runs) / calls * 1e6,
+            sum(r.cpu.server_s for r in runs) / calls * 1e6,
+        )
+
     @property
     def ratio(self) -> float:
         return self.ops_s("store") / self.ops_s("raw")
@@ -747,6 +763,9 @@ class Row:
                 "p50_us": self.latency(c, 50),
                 "p99_us": self.latency(c, 99),
                 "cpu_cores": dict(zip(("clients", "server", "other"), self.cores(c), strict=True)),
+                "cpu_us_per_op": dict(
+                    zip(("clients", "server"), self.cpu_per_op_us(c), strict=True)
+                ),
             }
         return data
 
@@ -764,8 +783,9 @@ def table(rows: Sequence[Row]) -> str:
     lines = [
         "| workers | store ops/s | raw ops/s | store/raw | x 1 worker, store / raw"
         " | per worker ops/s, store / raw | store p50 / p99 µs | raw p50 / p99 µs"
-        " | CPU cores, store run: clients / server / other | raw run |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | CPU µs per op, store: clients / server | raw"
+        " | CPU cores busy, store run: clients / server / other | raw run |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         s_cores, r_cores = row.cores("store"), row.cores("raw")
@@ -776,6 +796,8 @@ def table(rows: Sequence[Row]) -> str:
             f" | {row.per_worker('store'):,.0f} / {row.per_worker('raw'):,.0f}"
             f" | {row.latency('store', 50):,.0f} / {row.latency('store', 99):,.0f}"
             f" | {row.latency('raw', 50):,.0f} / {row.latency('raw', 99):,.0f}"
+            f" | {' / '.join(f'{x:,.0f}' for x in row.cpu_per_op_us('store'))}"
+            f" | {' / '.join(f'{x:,.0f}' for x in row.cpu_per_op_us('raw'))}"
             f" | {' / '.join(f'{x:.2f}' for x in s_cores)}"
             f" | {' / '.join(f'{x:.2f}' for x in r_cores)} |"
         )
