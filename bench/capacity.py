@@ -898,7 +898,9 @@ def write_section(path: Path, generated: str) -> None:
     right after the scale section (or at its end)."""
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     block = f"{FIGURES_BEGIN}\n{generated}{FIGURES_END}"
-    if BEGIN in text and FIGURES_BEGIN in text:
+    if BEGIN in text:
+        if FIGURES_BEGIN not in text or FIGURES_END not in text:
+            raise BenchError(f"{path}: its capacity section has no {FIGURES_BEGIN} markers")
         head, rest = text.split(FIGURES_BEGIN, 1)
         _old, tail = rest.split(FIGURES_END, 1)
         text = head + block + tail
@@ -1046,7 +1048,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         target.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
         progress(f"wrote {args.json}")
     if args.write:
-        write_section(resolve(args.write), generated)
+        try:
+            write_section(resolve(args.write), generated)
+        except BenchError as exc:
+            print(f"ERROR: {exc}", file=sys.stderr)
+            return 1
         progress(f"wrote the capacity figures into {args.write}")
     return 0
 
