@@ -1,0 +1,507 @@
+"""SQLite: the store against stdlib ``sqlite3`` running the store's statements.
+
+- ``raw``: ``sqlite3`` behind exactly one thread hop from asyncio (a dedicated thread, a
+  queue in and ``call_soon_threadsafe`` out), one transaction per call: the fair async floor.
+- ``gc`` (concurrent rows): raw group commit, one database thread draining up to 64 waiting
+  calls into one ``BEGIN IMMEDIATE … COMMIT``, a SAVEPOINT per call, one loop wake-up per
+  batch.
+- ``sync`` (one caller, a reference): the same calls with no event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import queue
+import sqlite3
+import tempfile
+import threading
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from cells import (
+    APPEND,
+    APPEND_FULL,
+    CREATE,
+    EVENTS,
+    EVENTS_PER_READ,
+    GET,
+    INPUT,
+    KIND_JSON,
+    KIND_TYPE,
+    LEASE,
+    SINGLE,
+    SQLITE_CALLERS,
+    TENANT,
+    VALIDATE,
+    WORK_PAYLOAD,
+    WORKFLOW_ID,
+    WORKFLOW_VERSION,
+    Claimer,
+    Seeded,
+    event_decoder,
+    queue_cell,
+    seed,
+    split_token,
+    store_appender,
+    store_ops,
+    token_ok,
+)
+from common import check, dumps, progress
+from harness import AsyncOp, Cell, Contender, SyncOp, WorkQueue, measure
+from statements import CLAIM_BATCH, COMPLETE_BATCH, RawStatement, compiled
+
+from statestore import StateStore
+from statestore.repositories.auth import STAND_IN
+
+T = TypeVar("T")
+GROUP_COMMIT_MAX = 64
+
+
+def sqlite_connect(path: Path, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """A stdlib connection set up like the store's: autocommit mode (we BEGIN ourselves),
+    WAL, synchronous=NORMAL (or FULL), foreign keys, a busy timeout."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    for pragma in ("busy_timeout = 30000", "journal_mode = WAL", f"synchronous = {synchronous}"):
+        conn.execute(f"PRAGMA {pragma}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def sqlite_time(moment: datetime) -> str:
+    """A timestamp as the store writes it on SQLite: naive UTC text, microseconds."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def sqlite_now() -> str:
+    return sqlite_time(datetime.now(UTC))
+
+
+def from_sqlite_time(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def in_transaction(conn: sqlite3.Connection, body: Callable[[], T]) -> T:
+    """``body`` in its own ``BEGIN IMMEDIATE … COMMIT``, as the store's writer runs a call."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = body()
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+class SqliteRaw:
+    """The store's statements (bench/statements.py) through one ``sqlite3`` connection, the
+    values in the form the store stores them: ids as 32 hex digits, times as naive UTC text,
+    JSON as text. No method opens a transaction: the caller's layer does."""
+
+    def __init__(self, conn: sqlite3.Connection, sql: dict[str, RawStatement]) -> None:
+        self.conn, self.sql = conn, sql
+        self._reserve = sql["reserve"].binder("p_execution_id", "p_count")
+        self._events = sql["events"].binder("p_id", "p_since", "p_limit")
+        self._decode = event_decoder(sql["events"].columns, uuid.UUID, from_sqlite_time)
+        self._claim = sql["claim"].binder("p_type0", "p_now", "p_limit", "p_worker", "p_expires")
+        self._complete = sql["complete"].binder("p_id0", "p_worker0", "p_fence0", "p_now")
+        self._id, self._fence = sql["claim"].column("id"), sql["claim"].column("lease_fence")
+        self._stand_in = {k: to_sqlite(v) for k, v in STAND_IN.items()}
+
+    def append(self, execution_id: str) -> int:
+        """append_event: bump the execution's sequence, insert the event."""
+        sequence, tenant_id = self.conn.execute(
+            self.sql["reserve"].sql, self._reserve(execution_id, 1)
+        ).fetchone()
+        event = {
+            "id": uuid.uuid4().hex,
+            "execution_id": execution_id,
+            "sequence": sequence,
+            "event_type": KIND_TYPE,
+            "kind": dumps(KIND_JSON),
+            "created_at": sqlite_now(),
+            "tenant_id": tenant_id,
+        }
+        self.conn.execute(self.sql["insert_event"].sql, self.sql["insert_event"].args(event))
+        return int(sequence)
+
+    def get_events(self, execution_id: str) -> list[dict[str, Any]]:
+        rows = self.conn.execute(self.sql["events"].sql, self._events(execution_id, 0, 2**62))
+        return self._decode(rows.fetchall())
+
+    def create_execution(self) -> None:
+        """create_execution: the tenant check, then the insert."""
+        sql = self.sql
+        tenant = self.conn.execute(sql["tenant"].sql, (TENANT,)).fetchone()
+        check(tenant is not None and tenant[sql["tenant"].column("active")], "tenant inactive")
+        now = sqlite_now()
+        row = execution_row(uuid.uuid4().hex, now)
+        self.conn.execute(sql["insert_execution"].sql, sql["insert_execution"].args(row))
+
+    def get_execution(self, execution_id: str) -> Any:
+        return self.conn.execute(self.sql["execution"].sql, (execution_id,)).fetchone()
+
+    def claim(self, queue_type: str, worker: str, limit: int) -> list[Any]:
+        now = datetime.now(UTC)
+        args = self._claim(queue_type, sqlite_time(now), limit, worker, sqlite_time(now + LEASE))
+        return self.conn.execute(self.sql["claim"].sql, args).fetchall()
+
+    def complete(self, rows: Sequence[Any], worker: str) -> int:
+        """Complete claimed rows (the store's single or bulk statement); how many were still
+        held by ``worker``."""
+        now = sqlite_now()
+        if len(rows) == 1:
+            args = self._complete(rows[0][self._id], worker, rows[0][self._fence], now)
+            return len(self.conn.execute(self.sql["complete"].sql, args).fetchall())
+        return len(self.conn.execute(*bulk_completion(self.sql, rows, worker, now)).fetchall())
+
+    def validate(self, token: str) -> bool:
+        token_id, secret = split_token(token)
+        statement = self.sql["token"]
+        args = statement.args({**self._stand_in, "p_id": token_id.hex})
+        row = self.conn.execute(statement.sql, args).fetchone()
+        return token_ok(row, statement.columns, secret, sqlite_now())
+
+    def fill(self, execution_id: uuid.UUID, queue_type: str, count: int) -> None:
+        """Untimed: ``count`` pending items inserted in one transaction."""
+        statement, now = self.sql["insert_item"], sqlite_now()
+        rows = [
+            statement.args(item_row(uuid.uuid4().hex, execution_id.hex, queue_type, now))
+            for _ in range(count)
+        ]
+        in_transaction(self.conn, lambda: self.conn.executemany(statement.sql, rows))
+
+    def counts(self, queue_type: str) -> list[Any]:
+        return self.conn.execute(self.sql["queue_counts"].sql, (queue_type,)).fetchall()
+
+
+def to_sqlite(value: Any) -> Any:
+    """A value in the form the store stores it on SQLite."""
+    if isinstance(value, uuid.UUID):
+        return value.hex
+    return sqlite_time(value) if isinstance(value, datetime) else value
+
+
+def execution_row(execution_id: Any, now: Any) -> dict[str, Any]:
+    """Every column of a new execution, as ``create_execution`` writes it."""
+    return {
+        "id": execution_id,
+        "workflow_id": WORKFLOW_ID,
+        "workflow_version": WORKFLOW_VERSION,
+        "status": "pending",
+        "initial_input": dumps(INPUT),
+        "current_state": dumps({}),
+        "started_at": now,
+        "updated_at": now,
+        "completed_at": None,
+        "last_sequence": 0,
+        "idempotency_key": None,
+        "parent_execution_id": None,
+        "segment": 0,
+        "tenant_id": TENANT,
+    }
+
+
+def item_row(item_id: Any, execution_id: Any, queue_type: str, now: Any) -> dict[str, Any]:
+    """Every column of a pending work item, as ``enqueue_work_item`` writes it."""
+    return {
+        "id": item_id,
+        "execution_id": execution_id,
+        "node_id": "summarise",
+        "queue_type": queue_type,
+        "payload": dumps(WORK_PAYLOAD),
+        "status": "pending",
+        "priority": 0,
+        "attempt": 0,
+        "max_attempts": 3,
+        "available_at": now,
+        "worker_id": None,
+        "lease_expires_at": None,
+        "lease_fence": 0,
+        "last_error": None,
+        "created_at": now,
+        "updated_at": now,
+        "dead_lettered_at": None,
+        "dedupe_key": None,
+        "tenant_id": TENANT,
+    }
+
+
+def bulk_completion(
+    sql: dict[str, RawStatement], rows: Sequence[Any], worker: str, now: Any
+) -> tuple[str, tuple[Any, ...]]:
+    """The store's bulk completion of claimed ``rows`` (padded, like the store, to the
+    statement's size by repeating the first): its SQL and arguments."""
+    statement = sql["complete_many"]
+    i_id, i_fence = sql["claim"].column("id"), sql["claim"].column("lease_fence")
+    values: dict[str, Any] = {"p_now": now}
+    padded = [*rows, *[rows[0]] * (COMPLETE_BATCH - len(rows))]
+    for i, row in enumerate(padded):
+        values[f"p_id{i}"], values[f"p_worker{i}"] = row[i_id], worker
+        values[f"p_fence{i}"] = row[i_fence]
+    return statement.sql, statement.args(values)
+
+
+# ------------------------------------------------------------------ the layers
+
+
+class Submit(Protocol):
+    """How a raw layer runs a call's statements from asyncio, in one transaction."""
+
+    def __call__(self, body: Callable[[], T], /) -> Awaitable[T]: ...
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if not future.done():
+        future.set_result(result) if error is None else future.set_exception(error)
+
+
+Job = tuple[asyncio.Future[Any], Callable[[], Any]]
+Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+class DbThread:
+    """A dedicated database thread: each ``run(fn)`` is exactly one hop from the event loop
+    to the thread and back (a SimpleQueue in, ``call_soon_threadsafe`` out)."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, fn = item
+            try:
+                outcome: Outcome = (future, fn(), None)
+            except Exception as exc:
+                outcome = (future, None, exc)
+            future.get_loop().call_soon_threadsafe(_settle, *outcome)
+
+    def run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put((future, fn))
+        return future
+
+    async def close(self) -> None:
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+
+
+def _settle_all(outcomes: list[Outcome]) -> None:
+    for outcome in outcomes:
+        _settle(*outcome)
+
+
+class GroupCommitThread(DbThread):
+    """Raw group commit: the thread takes every call waiting at that moment (up to 64) and
+    runs them in one ``BEGIN IMMEDIATE … COMMIT``, each in its own SAVEPOINT (none for a call
+    alone), then wakes the loop once for the batch. ``run(body)`` runs ``body`` without a
+    transaction of its own."""
+
+    def __init__(self, name: str, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        super().__init__(name)
+
+    def _loop(self) -> None:
+        stopping = False
+        while not stopping and (item := self._queue.get()) is not None:
+            group = [item]
+            while len(group) < GROUP_COMMIT_MAX:
+                try:
+                    waiting = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if waiting is None:
+                    stopping = True
+                    break
+                group.append(waiting)
+            try:
+                outcomes = in_transaction(self._conn, partial(self._run_group, group))
+            except Exception as exc:
+                outcomes = [(future, None, exc) for future, _fn in group]
+            group[0][0].get_loop().call_soon_threadsafe(_settle_all, outcomes)
+
+    def _run_group(self, group: list[Job]) -> list[Outcome]:
+        if len(group) == 1:
+            future, fn = group[0]
+            return [(future, fn(), None)]
+        outcomes: list[Outcome] = []
+        for future, fn in group:
+            self._conn.execute("SAVEPOINT call")
+            try:
+                outcomes.append((future, fn(), None))
+            except Exception as exc:
+                self._conn.execute("ROLLBACK TO call")
+                outcomes.append((future, None, exc))
+            self._conn.execute("RELEASE call")
+        return outcomes
+
+
+class Layer:
+    """A raw connection and how calls reach it: through a one-hop thread, one transaction per
+    call (``hop``), or through the group-commit thread (``gc``)."""
+
+    def __init__(
+        self,
+        stack: contextlib.AsyncExitStack,
+        path: Path,
+        synchronous: str,
+        sql: dict[str, RawStatement],
+        group_commit: bool,
+    ) -> None:
+        conn = sqlite_connect(path, synchronous)
+        stack.callback(conn.close)
+        self.raw = SqliteRaw(conn, sql)
+        name = f"bench-sqlite-{'gc' if group_commit else 'hop'}-{synchronous}"
+        if group_commit:
+            thread: DbThread = GroupCommitThread(name, conn)
+            self.submit: Submit = thread.run
+        else:
+            thread = DbThread(name)
+            self.submit = lambda body: thread.run(lambda: in_transaction(conn, body))
+        self.thread = thread
+        stack.push_async_callback(thread.close)
+
+    def appender(self, execution_ids: Sequence[uuid.UUID]) -> AsyncOp:
+        ids = itertools.cycle([i.hex for i in execution_ids])
+        raw, submit = self.raw, self.submit
+
+        async def append_event() -> None:
+            execution_id = next(ids)
+            check(await submit(lambda: raw.append(execution_id)) > 0, "raw: no sequence")
+
+        return append_event
+
+    def claimer(self, batch: int) -> Claimer:
+        """Claim ``batch`` items, then complete them: two calls, two transactions."""
+        raw, submit = self.raw, self.submit
+
+        def make(work: WorkQueue, worker: str) -> AsyncOp:
+            label = worker.split("-")[0]
+
+            async def claim_complete() -> None:
+                rows = await submit(lambda: raw.claim(work.queue_type, worker, batch))
+                check(len(rows) == batch, f"{label}: claimed {len(rows)} of {batch} items")
+                work.took(len(rows))
+                completed = await submit(lambda: raw.complete(rows, worker))
+                check(completed == batch, f"{label}: {batch - completed} leases lost")
+                work.done(label, batch)
+
+            return claim_complete
+
+        return make
+
+
+def single_ops(raw: SqliteRaw, seeded: Seeded, token: str) -> dict[str, SyncOp]:
+    """What one raw caller does for each single-caller cell, writes in a transaction."""
+    append_ids = itertools.cycle([i.hex for i in seeded.append_ids])
+    read_ids = itertools.cycle([i.hex for i in seeded.read_ids])
+    conn = raw.conn
+
+    def get_events() -> None:
+        events = raw.get_events(next(read_ids))
+        check(len(events) == EVENTS_PER_READ, f"raw get_events returned {len(events)} events")
+
+    return {
+        APPEND: lambda: in_transaction(conn, lambda: raw.append(next(append_ids))),
+        EVENTS: get_events,
+        CREATE: lambda: in_transaction(conn, raw.create_execution),
+        GET: lambda: check(raw.get_execution(next(read_ids)) is not None, "raw: not found"),
+        VALIDATE: lambda: check(raw.validate(token), "raw: token refused"),
+    }
+
+
+def sync_claimer(raw: SqliteRaw, work: WorkQueue, *, batch: int) -> SyncOp:
+    """The sync reference of claim+complete."""
+
+    def claim_complete() -> None:
+        rows = in_transaction(raw.conn, lambda: raw.claim(work.queue_type, "sync-0", batch))
+        check(len(rows) == batch, f"sync: claimed {len(rows)} of {batch} items")
+        work.took(len(rows))
+        completed = in_transaction(raw.conn, lambda: raw.complete(rows, "sync-0"))
+        check(completed == batch, f"sync: {batch - completed} leases lost")
+        work.done("sync", batch)
+
+    return claim_complete
+
+
+# ------------------------------------------------------------------ the cells
+
+
+async def bench_sqlite(duration: float, info: dict[str, str]) -> list[Cell]:
+    """Every SQLite cell, on a temporary file (WAL, synchronous=NORMAL, as the store sets
+    it; the FULL row at synchronous=FULL)."""
+    info["sqlite"] = sqlite3.sqlite_version
+    cells: list[Cell] = []
+    with tempfile.TemporaryDirectory(prefix="statestore-bench-") as folder:
+        path = Path(folder) / "bench.db"
+        progress(f"sqlite: {path} (WAL, synchronous=NORMAL): migrating and seeding")
+        async with contextlib.AsyncExitStack() as stack:
+            store = await StateStore.open(f"sqlite:///{path}")
+            stack.push_async_callback(store.close)
+            seeded = await seed(store)
+            token, _record = await store.create_token("bench", "viewer")
+            sql = compiled(store.engine.dialect)
+            sync = SqliteRaw(sqlite_connect(path), sql)
+            stack.callback(sync.conn.close)
+            sync.conn.execute("ANALYZE")
+            hop = Layer(stack, path, "NORMAL", sql, group_commit=False)
+            gc = Layer(stack, path, "NORMAL", sql, group_commit=True)
+
+            store_side = store_ops(store, seeded, token)
+            hop_side = single_ops(hop.raw, seeded, token)
+            sync_side = single_ops(sync, seeded, token)
+            for operation in SINGLE:
+                hop_op = hop_side[operation]
+                contenders = [
+                    Contender("store", async_op=store_side[operation]),
+                    Contender("raw", async_op=lambda op=hop_op: hop.thread.run(op)),  # type: ignore[misc]
+                    Contender("sync", sync_op=sync_side[operation]),
+                ]
+                cells.append(await measure("sqlite", operation, contenders, duration))
+            cells.append(await append_cell(store, seeded, hop, gc, APPEND, duration))
+
+            progress("sqlite: a second store, and raw connections, at synchronous=FULL")
+            async with contextlib.AsyncExitStack() as full:
+                full_store = await StateStore.open(f"sqlite:///{path}", durability="FULL")
+                full.push_async_callback(full_store.close)
+                layers = [Layer(full, path, "FULL", sql, group_commit=g) for g in (False, True)]
+                cells.append(await append_cell(full_store, seeded, *layers, APPEND_FULL, duration))
+
+            queue = (
+                lambda queue_type, count: asyncio.to_thread(
+                    sync.fill, seeded.queue_execution, queue_type, count
+                ),
+                lambda queue_type: asyncio.to_thread(sync.counts, queue_type),
+            )
+            for batch, callers in ((1, 1), (1, SQLITE_CALLERS), (CLAIM_BATCH, 1)):
+                sides = {"raw": hop.claimer(batch)}
+                if callers > 1:
+                    sides["gc"] = gc.claimer(batch)
+                reference = None if callers > 1 else partial(sync_claimer, sync, batch=batch)
+                cells.append(
+                    await queue_cell(
+                        "sqlite", store, queue, sides, batch, callers, duration, reference
+                    )
+                )
+    return cells
+
+
+async def append_cell(
+    store: StateStore, seeded: Seeded, hop: Layer, gc: Layer, operation: str, duration: float
+) -> Cell:
+    """16 concurrent appenders, each to its own executions: the store, one transaction per
+    call (raw), and raw group commit (gc)."""
+    shares = seeded.shares(SQLITE_CALLERS)
+    contenders = [
+        Contender("store", callers=[store_appender(store, own) for own in shares]),
+        Contender("raw", callers=[hop.appender(own) for own in shares]),
+        Contender("gc", callers=[gc.appender(own) for own in shares]),
+    ]
+    return await measure("sqlite", operation, contenders, duration, SQLITE_CALLERS)
