@@ -204,13 +204,13 @@ def write_document(
         if block:
             body = body.replace(block, "")
     blocks = [
-        block
+        kept
         for name in SECTIONS
-        if (block := given[name] if given[name] is not None else section_block(existing, name))
+        if (kept := given[name] if given[name] is not None else section_block(existing, name))
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     body = body.rstrip("\n") + "\n"
-    path.write_text(body + "".join("\n" + block for block in blocks), encoding="utf-8")
+    path.write_text(body + "".join("\n" + kept for kept in blocks), encoding="utf-8")
 
 
 # ------------------------------------------------------------------ where a run ran

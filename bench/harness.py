@@ -34,10 +34,15 @@ class Contender:
     prepare: Callable[[float], Awaitable[None]] | None = None
     """Untimed work before each run, given the run's length in seconds (queue top-up)."""
     items_per_call: int = 1
+    runner: Callable[[float, Timing], Awaitable[None]] | None = None
+    """Runs the contender its own way for the given seconds, adding to the timing (e.g. a
+    worker draining a backlog), instead of timed calls."""
 
     async def run_for(self, seconds: float, into: Timing) -> None:
         if self.prepare is not None:
             await self.prepare(seconds)
+        if self.runner is not None:
+            return await self.runner(seconds, into)
         clock = time.perf_counter_ns
         start = clock()
         deadline = start + int(seconds * 1e9)

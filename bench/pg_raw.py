@@ -88,7 +88,7 @@ class PgRaw:
     async def claim(self, queue_type: str, worker: str, limit: int) -> list[Any]:
         now = datetime.now(UTC)
         args = self._claim(queue_type, now, limit, worker, now + LEASE)
-        return await self.conn.fetch(self.sql["claim"].sql, *args)
+        return list(await self.conn.fetch(self.sql["claim"].sql, *args))
 
     async def complete(self, rows: Sequence[Any], worker: str) -> int:
         now = datetime.now(UTC)

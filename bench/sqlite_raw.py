@@ -471,8 +471,11 @@ async def bench_sqlite(duration: float, info: dict[str, str]) -> list[Cell]:
             async with contextlib.AsyncExitStack() as full:
                 full_store = await StateStore.open(f"sqlite:///{path}", durability="FULL")
                 full.push_async_callback(full_store.close)
-                layers = [Layer(full, path, "FULL", sql, group_commit=g) for g in (False, True)]
-                cells.append(await append_cell(full_store, seeded, *layers, APPEND_FULL, duration))
+                hop_full = Layer(full, path, "FULL", sql, group_commit=False)
+                gc_full = Layer(full, path, "FULL", sql, group_commit=True)
+                cells.append(
+                    await append_cell(full_store, seeded, hop_full, gc_full, APPEND_FULL, duration)
+                )
 
             queue = (
                 lambda queue_type, count: asyncio.to_thread(

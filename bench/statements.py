@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Dialect, Executable, bindparam, func, select
 
 from statestore.db import queries
+from statestore.db.driver import DriverStatement
 from statestore.db.schema import EventRow, ExecutionRow, WorkItemRow
 
 
@@ -50,7 +51,7 @@ class RawStatement:
         pick = operator.itemgetter(*(pool.index(name) for name in self.names))
         if len(self.names) == 1:
             return lambda *values: (pick((*values, *fixed)),)
-        return lambda *values: pick((*values, *fixed))  # type: ignore[no-any-return]
+        return lambda *values: pick((*values, *fixed))
 
     def column(self, name: str) -> int:
         """The index of a result column."""
@@ -109,7 +110,7 @@ def compiled(dialect: Dialect) -> dict[str, RawStatement]:
     out = {}
     for name, (build, shape) in catalogue(dialect.name).items():
         if build is _queue_counts:
-            statement = queries.DriverStatement(build())
+            statement = DriverStatement(build())
         else:
             statement = queries._prepared(build, False, *shape)
         done = statement._compiled_for(dialect)
