@@ -22,7 +22,8 @@ from statestore.repositories.auth import TOKEN_HASHES
 APPEND, APPEND_FULL, EVENTS = "append_event", "append_event (FULL)", "get_events"
 CREATE, GET, VALIDATE = "create_execution", "get_execution", "validate_token"
 CLAIM, CLAIM_MANY = "claim+complete", f"claim+complete x{CLAIM_BATCH}"
-OPERATIONS = (APPEND, APPEND_FULL, EVENTS, CREATE, GET, CLAIM, CLAIM_MANY, VALIDATE)
+OTEL = f"{APPEND} (OTel SDK)"
+OPERATIONS = (APPEND, APPEND_FULL, EVENTS, CREATE, GET, CLAIM, CLAIM_MANY, VALIDATE, OTEL)
 """Every row's operation, in the order of the table."""
 SINGLE = (APPEND, EVENTS, CREATE, GET, VALIDATE)
 """The cells with one caller that need no queue."""

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import otel
 from cells import (
     APPEND,
     CREATE,
@@ -177,6 +178,8 @@ async def pg_cells(
         ),
     ]
     cells.append(await measure("postgresql", APPEND, contenders, duration, PG_WORKERS))
+    if otel.available():
+        cells.append(await otel.otel_cell("postgresql", store, seeded, duration))
 
     analysed: set[str] = set()
     item_sql = sql["insert_item"]

@@ -94,6 +94,46 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequenc
     return "\n".join([line(header), rule, *(line(row) for row in rows)])
 
 
+def judged(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cells of the results table: the store against raw, with a target."""
+    return [cell for cell in ordered(cells) if cell["target"] is not None]
+
+
+def otel_table(cells: Sequence[dict[str, Any]]) -> str:
+    """append_event with the OpenTelemetry SDK configured against the same store without."""
+    rows = []
+    for cell in ordered(cells):
+        plain, traced = cell["contenders"]["store"], cell["contenders"].get("otel")
+        if traced is None:
+            continue
+        cost = (
+            f"{1e6 / traced['ops_s'] - 1e6 / plain['ops_s']:.0f}"
+            if traced["ops_s"] and plain["ops_s"]
+            else "-"
+        )
+        rows.append(
+            [
+                cell["backend"],
+                fmt_ops(plain["ops_s"]),
+                fmt_latency(plain["p50_us"]),
+                fmt_ops(traced["ops_s"]),
+                fmt_latency(traced["p50_us"]),
+                fmt_ratio(ratio(cell, "otel")),
+                cost,
+            ]
+        )
+    header = (
+        "backend",
+        "untraced ops/s",
+        "untraced p50 µs",
+        "traced ops/s",
+        "traced p50 µs",
+        "untraced / traced",
+        "µs per call",
+    )
+    return table(header, rows, [False] + [True] * 6)
+
+
 def results_table(cells: Sequence[dict[str, Any]]) -> str:
     def figures(cell: dict[str, Any], label: str) -> list[str]:
         side = cell["contenders"].get(label)
@@ -102,7 +142,7 @@ def results_table(cells: Sequence[dict[str, Any]]) -> str:
         return [fmt_ops(side["ops_s"]), fmt_latency(side["p50_us"]), fmt_latency(side["p99_us"])]
 
     rows = []
-    for cell in ordered(cells):
+    for cell in judged(cells):
         gc = "gc" in cell["contenders"]
         rows.append(
             [
@@ -125,7 +165,8 @@ def standing(cells: Sequence[dict[str, Any]]) -> str:
     """Which rows met their target and which missed, by how much."""
     lines = []
     met = 0
-    for cell in ordered(cells):
+    cells = judged(cells)
+    for cell in cells:
         ok, _text = verdict(cell)
         met += ok
         wanted, against = cell["target"]
@@ -159,6 +200,8 @@ def blocks(data: dict[str, Any]) -> dict[str, str]:
     if data["cells"]:
         out["results"] = results_table(data["cells"])
         out["standing"] = standing(data["cells"])
+        if any("otel" in cell["contenders"] for cell in data["cells"]):
+            out["otel"] = otel_table(data["cells"])
     if data.get("peers") is not None:
         from peers import PeerCell, peers_markdown
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import otel
 import sqlalchemy
 from cells import KIND_JSON, KIND_TYPE, TENANT, WORK_PAYLOAD, target
 from common import (
@@ -80,7 +81,7 @@ __all__ = [  # what bench/turns.py imports from here
 ]
 
 BACKENDS = ("sqlite", "postgresql")
-CELLS = {"sqlite": 10, "postgresql": 9}
+CELLS = {"sqlite": 10 + otel.available(), "postgresql": 9 + otel.available()}
 """Rows each backend adds to the table (the progress bar's length)."""
 DEFAULT_DURATION, QUICK_DURATION = 1.0, 0.2
 DEFAULT_PG_ADMIN_URL = os.environ.get(
@@ -180,7 +181,12 @@ def results(
         "duration": args.duration,
         "rounds": ROUNDS,
         "cells": [
-            {**cell.to_json(), "target": target(cell.backend, cell.operation, cell.callers)}
+            {
+                **cell.to_json(),
+                "target": target(cell.backend, cell.operation, cell.callers)
+                if "raw" in cell.timings
+                else None,
+            }
             for cell in cells
         ],
         "peers": None if peers is None else [dataclasses.asdict(cell) for cell in peers],

@@ -24,6 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import otel
 from cells import (
     APPEND,
     APPEND_FULL,
@@ -466,6 +467,8 @@ async def bench_sqlite(duration: float, info: dict[str, str]) -> list[Cell]:
                 ]
                 cells.append(await measure("sqlite", operation, contenders, duration))
             cells.append(await append_cell(store, seeded, hop, gc, APPEND, duration))
+            if otel.available():
+                cells.append(await otel.otel_cell("sqlite", store, seeded, duration))
 
             progress("sqlite: a second store, and raw connections, at synchronous=FULL")
             async with contextlib.AsyncExitStack() as full:
