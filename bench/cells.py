@@ -10,9 +10,9 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from common import KIND, check
+from common import KIND, check, dumps
 from harness import AsyncOp, Cell, Contender, SyncOp, WorkQueue, measure
 from statements import CLAIM_BATCH
 
@@ -99,28 +99,123 @@ async def seed(store: StateStore) -> Seeded:
     return Seeded(ids[N_APPEND_EXECUTIONS], ids[N_READ_EXECUTIONS], queue_execution.execution_id)
 
 
-# ------------------------------------------------------------------ the store's side
+def execution_row(execution_id: Any, now: Any) -> dict[str, Any]:
+    """Every column of a new execution, as ``create_execution`` writes it."""
+    return {
+        "id": execution_id,
+        "workflow_id": WORKFLOW_ID,
+        "workflow_version": WORKFLOW_VERSION,
+        "status": "pending",
+        "initial_input": dumps(INPUT),
+        "current_state": dumps({}),
+        "started_at": now,
+        "updated_at": now,
+        "completed_at": None,
+        "last_sequence": 0,
+        "idempotency_key": None,
+        "parent_execution_id": None,
+        "segment": 0,
+        "tenant_id": TENANT,
+    }
 
 
-def store_ops(store: StateStore, seeded: Seeded, token: str) -> dict[str, AsyncOp]:
-    """What a caller does for each single-caller cell: build the model, await the facade."""
+def item_row(item_id: Any, execution_id: Any, queue_type: str, now: Any) -> dict[str, Any]:
+    """Every column of a pending work item, as ``enqueue_work_item`` writes it."""
+    return {
+        "id": item_id,
+        "execution_id": execution_id,
+        "node_id": "summarise",
+        "queue_type": queue_type,
+        "payload": dumps(WORK_PAYLOAD),
+        "status": "pending",
+        "priority": 0,
+        "attempt": 0,
+        "max_attempts": 3,
+        "available_at": now,
+        "worker_id": None,
+        "lease_expires_at": None,
+        "lease_fence": 0,
+        "last_error": None,
+        "created_at": now,
+        "updated_at": now,
+        "dead_lettered_at": None,
+        "dedupe_key": None,
+        "tenant_id": TENANT,
+    }
+
+
+# ------------------------------------------------------------------ the contenders
+
+
+class Side(Protocol):
+    """What a contender does for each cell: the store (:class:`StoreSide`), or a raw driver
+    running the store's statements (bench/sqlite_raw.py, bench/pg_raw.py)."""
+
+    def append(self, execution_id: uuid.UUID) -> Awaitable[int]: ...
+    def get_events(self, execution_id: uuid.UUID) -> Awaitable[Sequence[Any]]: ...
+    def create_execution(self) -> Awaitable[None]: ...
+    def get_execution(self, execution_id: uuid.UUID) -> Awaitable[Any]: ...
+    def claim(self, queue_type: str, worker: str, limit: int) -> Awaitable[Sequence[Any]]: ...
+    def complete(self, claimed: Sequence[Any], worker: str) -> Awaitable[int]: ...
+    def validate(self, token: str) -> Awaitable[bool]: ...
+
+
+class StoreSide:
+    """The store's public facade: build the model, await the call."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    async def append(self, execution_id: uuid.UUID) -> int:
+        return await self.store.append_event(Event(execution_id=execution_id, kind=KIND))
+
+    async def get_events(self, execution_id: uuid.UUID) -> Sequence[Any]:
+        return await self.store.get_events(execution_id)
+
+    async def create_execution(self) -> None:
+        await self.store.create_execution(new_execution())
+
+    async def get_execution(self, execution_id: uuid.UUID) -> Any:
+        return await self.store.get_execution(execution_id)
+
+    async def claim(self, queue_type: str, worker: str, limit: int) -> Sequence[Any]:
+        """``claim_work_item`` (one), or ``claim_work_items``."""
+        if limit > 1:
+            return await self.store.claim_work_items(worker, [queue_type], limit)
+        item = await self.store.claim_work_item(worker, [queue_type])
+        return [] if item is None else [item]
+
+    async def complete(self, claimed: Sequence[Any], worker: str) -> int:
+        """``complete_work_item`` (one, by worker and fence), or ``complete_work_items``."""
+        if len(claimed) > 1:
+            return sum(await self.store.complete_work_items(claimed))
+        (item,) = claimed
+        await self.store.complete_work_item(item.id, worker_id=worker, lease_fence=item.lease_fence)
+        return 1
+
+    async def validate(self, token: str) -> bool:
+        return await self.store.validate_token(token) is not None
+
+
+def single_ops(side: Side, seeded: Seeded, token: str) -> dict[str, AsyncOp]:
+    """What one caller does for each single-caller cell, checking every answer."""
     read_ids = itertools.cycle(seeded.read_ids)
 
     async def get_events() -> None:
-        events = await store.get_events(next(read_ids))
+        events = await side.get_events(next(read_ids))
         check(len(events) == EVENTS_PER_READ, f"get_events returned {len(events)} events")
 
     async def create_execution() -> None:
-        await store.create_execution(new_execution())
+        await side.create_execution()
 
     async def get_execution() -> None:
-        check(await store.get_execution(next(read_ids)) is not None, "execution not found")
+        check(await side.get_execution(next(read_ids)) is not None, "execution not found")
 
     async def validate_token() -> None:
-        check(await store.validate_token(token) is not None, "validate_token refused the token")
+        check(await side.validate(token), "token refused")
 
     return {
-        APPEND: store_appender(store, seeded.append_ids),
+        APPEND: appender(side, seeded.append_ids),
         EVENTS: get_events,
         CREATE: create_execution,
         GET: get_execution,
@@ -128,39 +223,39 @@ def store_ops(store: StateStore, seeded: Seeded, token: str) -> dict[str, AsyncO
     }
 
 
-def store_appender(store: StateStore, execution_ids: Sequence[uuid.UUID]) -> AsyncOp:
+def appender(side: Side, execution_ids: Sequence[uuid.UUID]) -> AsyncOp:
     """A caller appending one event at a time to its executions, in turn."""
     ids = itertools.cycle(execution_ids)
 
     async def append_event() -> None:
-        sequence = await store.append_event(Event(execution_id=next(ids), kind=KIND))
-        check(sequence > 0, "append_event returned no sequence")
+        check(await side.append(next(ids)) > 0, "append_event returned no sequence")
 
     return append_event
 
 
-def store_claimer(store: StateStore, work: WorkQueue, worker: str, batch: int) -> AsyncOp:
-    """Claim ``batch`` items and complete them, two transactions: ``claim_work_item`` +
-    ``complete_work_item`` (batch 1), or ``claim_work_items`` + ``complete_work_items``."""
-    types = [work.queue_type]
+Claimer = Callable[[WorkQueue, str], AsyncOp]
+"""A contender's claim+complete caller, given the cell's queue and its worker id."""
 
-    async def claim_complete() -> None:
-        item = await store.claim_work_item(worker, types)
-        check(item is not None, "claim_work_item found no pending item")
-        assert item is not None
-        work.took(1)
-        await store.complete_work_item(item.id, worker_id=worker, lease_fence=item.lease_fence)
-        work.done(worker.split("-")[0], 1)
 
-    async def claim_complete_many() -> None:
-        items = await store.claim_work_items(worker, types, batch)
-        check(len(items) == batch, f"claim_work_items returned {len(items)} of {batch} items")
-        work.took(len(items))
-        completed = await store.complete_work_items(items)
-        check(all(completed), f"complete_work_items: {completed.count(False)} leases lost")
-        work.done(worker.split("-")[0], len(items))
+def claimer(sides: Sequence[Side], batch: int) -> Claimer:
+    """Claim ``batch`` items, then complete them: two calls, two transactions. Worker
+    ``<label>-<n>`` calls through ``sides[n]`` (e.g. its own connection), or the only one."""
 
-    return claim_complete if batch == 1 else claim_complete_many
+    def make(work: WorkQueue, worker: str) -> AsyncOp:
+        label, number = worker.rsplit("-", 1)
+        side = sides[int(number) % len(sides)]
+
+        async def claim_complete() -> None:
+            claimed = await side.claim(work.queue_type, worker, batch)
+            check(len(claimed) == batch, f"{label}: claimed {len(claimed)} of {batch} items")
+            work.took(batch)
+            completed = await side.complete(claimed, worker)
+            check(completed == batch, f"{label}: {batch - completed} leases lost")
+            work.done(label, batch)
+
+        return claim_complete
+
+    return make
 
 
 # ------------------------------------------------------------------ shared by the raw sides
@@ -213,10 +308,6 @@ def event_decoder(
     return decode
 
 
-Claimer = Callable[[WorkQueue, str], AsyncOp]
-"""A contender's claim+complete caller, given the cell's queue and its worker id."""
-
-
 async def queue_cell(
     backend: str,
     store: StateStore,
@@ -242,7 +333,7 @@ async def queue_cell(
         return Contender(label, callers=ops, prepare=work.top_up, items_per_call=batch)
 
     contenders = [
-        contender("store", lambda work, worker: store_claimer(store, work, worker, batch)),
+        contender("store", claimer([StoreSide(store)], batch)),
         *(contender(label, make) for label, make in sides.items()),
     ]
     if sync is not None:

@@ -13,7 +13,7 @@ import importlib.util
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from cells import OTEL, Seeded, store_appender
+from cells import OTEL, Seeded, StoreSide, appender
 from harness import Cell, Contender, measure
 
 from statestore import StateStore, telemetry
@@ -51,8 +51,12 @@ async def otel_cell(backend: str, store: StateStore, seeded: Seeded, duration: f
         return switch
 
     contenders = [
-        Contender("store", async_op=store_appender(store, seeded.append_ids), prepare=using(plain)),
-        Contender("otel", async_op=store_appender(store, seeded.append_ids), prepare=using(traced)),
+        Contender(
+            "store", async_op=appender(StoreSide(store), seeded.append_ids), prepare=using(plain)
+        ),
+        Contender(
+            "otel", async_op=appender(StoreSide(store), seeded.append_ids), prepare=using(traced)
+        ),
     ]
     try:
         return await measure(backend, OTEL, contenders, duration)

@@ -5,7 +5,6 @@ dropped by the run."""
 from __future__ import annotations
 
 import contextlib
-import itertools
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -16,31 +15,27 @@ import asyncpg
 import otel
 from cells import (
     APPEND,
-    CREATE,
-    EVENTS,
-    EVENTS_PER_READ,
-    GET,
     KIND_JSON,
     KIND_TYPE,
     LEASE,
     PG_WORKERS,
     SINGLE,
     TENANT,
-    VALIDATE,
-    Claimer,
-    Seeded,
+    StoreSide,
+    appender,
+    claimer,
     event_decoder,
+    execution_row,
+    item_row,
     queue_cell,
     seed,
+    single_ops,
     split_token,
-    store_appender,
-    store_ops,
     token_ok,
 )
 from common import check, dumps, pg_admin, progress, with_database
-from harness import AsyncOp, BenchError, Cell, Contender, WorkQueue, measure
-from sqlite_raw import bulk_completion, execution_row, item_row
-from statements import CLAIM_BATCH, RawStatement, compiled
+from harness import BenchError, Cell, Contender, measure
+from statements import CLAIM_BATCH, RawStatement, bulk_completion, compiled
 
 from statestore import StateStore
 from statestore.repositories.auth import STAND_IN
@@ -61,6 +56,7 @@ class PgRaw:
         self._decode = event_decoder(sql["events"].columns, lambda v: v, lambda v: v)
         self._claim = sql["claim"].binder("p_type0", "p_now", "p_limit", "p_worker", "p_expires")
         self._complete = sql["complete"].binder("p_id0", "p_worker0", "p_fence0", "p_now")
+        self._fence = sql["claim"].column("lease_fence")
 
     async def append(self, execution_id: uuid.UUID) -> int:
         """append_event: the store's one statement, in autocommit as the store sends it."""
@@ -96,7 +92,7 @@ class PgRaw:
         if len(rows) == 1:
             args = self._complete(rows[0]["id"], worker, rows[0]["lease_fence"], now)
             return len(await self.conn.fetch(self.sql["complete"].sql, *args))
-        sql, args = bulk_completion(self.sql, rows, worker, now)
+        sql, args = bulk_completion(self.sql, rows, worker, now, 0, self._fence)
         return len(await self.conn.fetch(sql, *args))
 
     async def validate(self, token: str) -> bool:
@@ -161,7 +157,7 @@ async def pg_cells(
     )
 
     cells: list[Cell] = []
-    store_side = store_ops(store, seeded, token)
+    store_side = single_ops(StoreSide(store), seeded, token)
     raw_side = single_ops(raws[0], seeded, token)
     for operation in SINGLE:
         contenders = [
@@ -172,7 +168,7 @@ async def pg_cells(
 
     shares = seeded.shares(PG_WORKERS)
     contenders = [
-        Contender("store", callers=[store_appender(store, own) for own in shares]),
+        Contender("store", callers=[appender(StoreSide(store), own) for own in shares]),
         Contender(
             "raw", callers=[appender(raw, own) for raw, own in zip(raws, shares, strict=True)]
         ),
@@ -211,56 +207,3 @@ async def pg_cells(
             await queue_cell("postgresql", store, (fill, counts), sides, batch, callers, duration)
         )
     return cells
-
-
-def single_ops(raw: PgRaw, seeded: Seeded, token: str) -> dict[str, AsyncOp]:
-    """What the raw caller does for each single-caller cell."""
-    read_ids = itertools.cycle(seeded.read_ids)
-
-    async def get_events() -> None:
-        events = await raw.get_events(next(read_ids))
-        check(len(events) == EVENTS_PER_READ, f"raw get_events returned {len(events)} events")
-
-    async def get_execution() -> None:
-        check(await raw.get_execution(next(read_ids)) is not None, "raw: execution not found")
-
-    async def validate_token() -> None:
-        check(await raw.validate(token), "raw: token refused")
-
-    return {
-        APPEND: appender(raw, seeded.append_ids),
-        EVENTS: get_events,
-        CREATE: raw.create_execution,
-        GET: get_execution,
-        VALIDATE: validate_token,
-    }
-
-
-def appender(raw: PgRaw, execution_ids: Sequence[uuid.UUID]) -> AsyncOp:
-    ids = itertools.cycle(execution_ids)
-
-    async def append_event() -> None:
-        check(await raw.append(next(ids)) > 0, "raw: no sequence")
-
-    return append_event
-
-
-def claimer(raws: Sequence[PgRaw], batch: int) -> Claimer:
-    """Claim ``batch`` items (one statement, SKIP LOCKED), then complete them (one
-    statement), each in autocommit as the store sends them; worker ``raw-<n>`` on the n-th
-    connection."""
-
-    def make(work: WorkQueue, worker: str) -> AsyncOp:
-        raw = raws[int(worker.rsplit("-", 1)[1])]
-
-        async def claim_complete() -> None:
-            rows = await raw.claim(work.queue_type, worker, batch)
-            check(len(rows) == batch, f"raw: claimed {len(rows)} of {batch} items")
-            work.took(len(rows))
-            completed = await raw.complete(rows, worker)
-            check(completed == batch, f"raw: {batch - completed} leases lost")
-            work.done("raw", batch)
-
-        return claim_complete
-
-    return make

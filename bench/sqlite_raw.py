@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import queue
 import sqlite3
 import tempfile
@@ -28,34 +27,29 @@ import otel
 from cells import (
     APPEND,
     APPEND_FULL,
-    CREATE,
-    EVENTS,
-    EVENTS_PER_READ,
-    GET,
-    INPUT,
     KIND_JSON,
     KIND_TYPE,
     LEASE,
     SINGLE,
     SQLITE_CALLERS,
     TENANT,
-    VALIDATE,
-    WORK_PAYLOAD,
-    WORKFLOW_ID,
-    WORKFLOW_VERSION,
-    Claimer,
     Seeded,
+    Side,
+    StoreSide,
+    appender,
+    claimer,
     event_decoder,
+    execution_row,
+    item_row,
     queue_cell,
     seed,
+    single_ops,
     split_token,
-    store_appender,
-    store_ops,
     token_ok,
 )
 from common import check, dumps, progress
-from harness import AsyncOp, Cell, Contender, SyncOp, WorkQueue, measure
-from statements import CLAIM_BATCH, COMPLETE_BATCH, RawStatement, compiled
+from harness import Cell, Contender, measure
+from statements import CLAIM_BATCH, RawStatement, bulk_completion, compiled
 
 from statestore import StateStore
 from statestore.repositories.auth import STAND_IN
@@ -102,7 +96,7 @@ def in_transaction(conn: sqlite3.Connection, body: Callable[[], T]) -> T:
 class SqliteRaw:
     """The store's statements (bench/statements.py) through one ``sqlite3`` connection, the
     values in the form the store stores them: ids as 32 hex digits, times as naive UTC text,
-    JSON as text. No method opens a transaction: the caller's layer does."""
+    JSON as text. No method opens a transaction: the caller's layer (:class:`Through`) does."""
 
     def __init__(self, conn: sqlite3.Connection, sql: dict[str, RawStatement]) -> None:
         self.conn, self.sql = conn, sql
@@ -114,14 +108,14 @@ class SqliteRaw:
         self._id, self._fence = sql["claim"].column("id"), sql["claim"].column("lease_fence")
         self._stand_in = {k: to_sqlite(v) for k, v in STAND_IN.items()}
 
-    def append(self, execution_id: str) -> int:
+    def append(self, execution_id: uuid.UUID) -> int:
         """append_event: bump the execution's sequence, insert the event."""
         sequence, tenant_id = self.conn.execute(
-            self.sql["reserve"].sql, self._reserve(execution_id, 1)
+            self.sql["reserve"].sql, self._reserve(execution_id.hex, 1)
         ).fetchone()
         event = {
             "id": uuid.uuid4().hex,
-            "execution_id": execution_id,
+            "execution_id": execution_id.hex,
             "sequence": sequence,
             "event_type": KIND_TYPE,
             "kind": dumps(KIND_JSON),
@@ -131,8 +125,9 @@ class SqliteRaw:
         self.conn.execute(self.sql["insert_event"].sql, self.sql["insert_event"].args(event))
         return int(sequence)
 
-    def get_events(self, execution_id: str) -> list[dict[str, Any]]:
-        rows = self.conn.execute(self.sql["events"].sql, self._events(execution_id, 0, 2**62))
+    def get_events(self, execution_id: uuid.UUID) -> list[dict[str, Any]]:
+        args = self._events(execution_id.hex, 0, 2**62)
+        rows = self.conn.execute(self.sql["events"].sql, args)
         return self._decode(rows.fetchall())
 
     def create_execution(self) -> None:
@@ -144,8 +139,8 @@ class SqliteRaw:
         row = execution_row(uuid.uuid4().hex, now)
         self.conn.execute(sql["insert_execution"].sql, sql["insert_execution"].args(row))
 
-    def get_execution(self, execution_id: str) -> Any:
-        return self.conn.execute(self.sql["execution"].sql, (execution_id,)).fetchone()
+    def get_execution(self, execution_id: uuid.UUID) -> Any:
+        return self.conn.execute(self.sql["execution"].sql, (execution_id.hex,)).fetchone()
 
     def claim(self, queue_type: str, worker: str, limit: int) -> list[Any]:
         now = datetime.now(UTC)
@@ -159,7 +154,8 @@ class SqliteRaw:
         if len(rows) == 1:
             args = self._complete(rows[0][self._id], worker, rows[0][self._fence], now)
             return len(self.conn.execute(self.sql["complete"].sql, args).fetchall())
-        return len(self.conn.execute(*bulk_completion(self.sql, rows, worker, now)).fetchall())
+        sql, args = bulk_completion(self.sql, rows, worker, now, self._id, self._fence)
+        return len(self.conn.execute(sql, args).fetchall())
 
     def validate(self, token: str) -> bool:
         token_id, secret = split_token(token)
@@ -186,66 +182,6 @@ def to_sqlite(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return value.hex
     return sqlite_time(value) if isinstance(value, datetime) else value
-
-
-def execution_row(execution_id: Any, now: Any) -> dict[str, Any]:
-    """Every column of a new execution, as ``create_execution`` writes it."""
-    return {
-        "id": execution_id,
-        "workflow_id": WORKFLOW_ID,
-        "workflow_version": WORKFLOW_VERSION,
-        "status": "pending",
-        "initial_input": dumps(INPUT),
-        "current_state": dumps({}),
-        "started_at": now,
-        "updated_at": now,
-        "completed_at": None,
-        "last_sequence": 0,
-        "idempotency_key": None,
-        "parent_execution_id": None,
-        "segment": 0,
-        "tenant_id": TENANT,
-    }
-
-
-def item_row(item_id: Any, execution_id: Any, queue_type: str, now: Any) -> dict[str, Any]:
-    """Every column of a pending work item, as ``enqueue_work_item`` writes it."""
-    return {
-        "id": item_id,
-        "execution_id": execution_id,
-        "node_id": "summarise",
-        "queue_type": queue_type,
-        "payload": dumps(WORK_PAYLOAD),
-        "status": "pending",
-        "priority": 0,
-        "attempt": 0,
-        "max_attempts": 3,
-        "available_at": now,
-        "worker_id": None,
-        "lease_expires_at": None,
-        "lease_fence": 0,
-        "last_error": None,
-        "created_at": now,
-        "updated_at": now,
-        "dead_lettered_at": None,
-        "dedupe_key": None,
-        "tenant_id": TENANT,
-    }
-
-
-def bulk_completion(
-    sql: dict[str, RawStatement], rows: Sequence[Any], worker: str, now: Any
-) -> tuple[str, tuple[Any, ...]]:
-    """The store's bulk completion of claimed ``rows`` (padded, like the store, to the
-    statement's size by repeating the first): its SQL and arguments."""
-    statement = sql["complete_many"]
-    i_id, i_fence = sql["claim"].column("id"), sql["claim"].column("lease_fence")
-    values: dict[str, Any] = {"p_now": now}
-    padded = [*rows, *[rows[0]] * (COMPLETE_BATCH - len(rows))]
-    for i, row in enumerate(padded):
-        values[f"p_id{i}"], values[f"p_worker{i}"] = row[i_id], worker
-        values[f"p_fence{i}"] = row[i_fence]
-    return statement.sql, statement.args(values)
 
 
 # ------------------------------------------------------------------ the layers
@@ -344,92 +280,67 @@ class GroupCommitThread(DbThread):
         return outcomes
 
 
-class Layer:
-    """A raw connection and how calls reach it: through a one-hop thread, one transaction per
-    call (``hop``), or through the group-commit thread (``gc``)."""
+class Through:
+    """A :class:`SqliteRaw`'s calls made from asyncio through a layer (a :class:`Side`):
+    writes by ``write`` (which gives them a transaction), reads by ``read``."""
 
-    def __init__(
-        self,
-        stack: contextlib.AsyncExitStack,
-        path: Path,
-        synchronous: str,
-        sql: dict[str, RawStatement],
-        group_commit: bool,
-    ) -> None:
-        conn = sqlite_connect(path, synchronous)
-        stack.callback(conn.close)
-        self.raw = SqliteRaw(conn, sql)
-        name = f"bench-sqlite-{'gc' if group_commit else 'hop'}-{synchronous}"
-        if group_commit:
-            thread: DbThread = GroupCommitThread(name, conn)
-            self.submit: Submit = thread.run
-        else:
-            thread = DbThread(name)
-            self.submit = lambda body: thread.run(lambda: in_transaction(conn, body))
-        self.thread = thread
-        stack.push_async_callback(thread.close)
+    def __init__(self, raw: SqliteRaw, write: Submit, read: Submit) -> None:
+        self.raw, self.write, self.read = raw, write, read
 
-    def appender(self, execution_ids: Sequence[uuid.UUID]) -> AsyncOp:
-        ids = itertools.cycle([i.hex for i in execution_ids])
-        raw, submit = self.raw, self.submit
+    def append(self, execution_id: uuid.UUID) -> Awaitable[int]:
+        return self.write(partial(self.raw.append, execution_id))
 
-        async def append_event() -> None:
-            execution_id = next(ids)
-            check(await submit(lambda: raw.append(execution_id)) > 0, "raw: no sequence")
+    def get_events(self, execution_id: uuid.UUID) -> Awaitable[list[dict[str, Any]]]:
+        return self.read(partial(self.raw.get_events, execution_id))
 
-        return append_event
+    def create_execution(self) -> Awaitable[None]:
+        return self.write(self.raw.create_execution)
 
-    def claimer(self, batch: int) -> Claimer:
-        """Claim ``batch`` items, then complete them: two calls, two transactions."""
-        raw, submit = self.raw, self.submit
+    def get_execution(self, execution_id: uuid.UUID) -> Awaitable[Any]:
+        return self.read(partial(self.raw.get_execution, execution_id))
 
-        def make(work: WorkQueue, worker: str) -> AsyncOp:
-            label = worker.split("-")[0]
+    def claim(self, queue_type: str, worker: str, limit: int) -> Awaitable[list[Any]]:
+        return self.write(partial(self.raw.claim, queue_type, worker, limit))
 
-            async def claim_complete() -> None:
-                rows = await submit(lambda: raw.claim(work.queue_type, worker, batch))
-                check(len(rows) == batch, f"{label}: claimed {len(rows)} of {batch} items")
-                work.took(len(rows))
-                completed = await submit(lambda: raw.complete(rows, worker))
-                check(completed == batch, f"{label}: {batch - completed} leases lost")
-                work.done(label, batch)
+    def complete(self, claimed: Sequence[Any], worker: str) -> Awaitable[int]:
+        return self.write(partial(self.raw.complete, claimed, worker))
 
-            return claim_complete
-
-        return make
+    def validate(self, token: str) -> Awaitable[bool]:
+        return self.read(partial(self.raw.validate, token))
 
 
-def single_ops(raw: SqliteRaw, seeded: Seeded, token: str) -> dict[str, SyncOp]:
-    """What one raw caller does for each single-caller cell, writes in a transaction."""
-    append_ids = itertools.cycle([i.hex for i in seeded.append_ids])
-    read_ids = itertools.cycle([i.hex for i in seeded.read_ids])
-    conn = raw.conn
-
-    def get_events() -> None:
-        events = raw.get_events(next(read_ids))
-        check(len(events) == EVENTS_PER_READ, f"raw get_events returned {len(events)} events")
-
-    return {
-        APPEND: lambda: in_transaction(conn, lambda: raw.append(next(append_ids))),
-        EVENTS: get_events,
-        CREATE: lambda: in_transaction(conn, raw.create_execution),
-        GET: lambda: check(raw.get_execution(next(read_ids)) is not None, "raw: not found"),
-        VALIDATE: lambda: check(raw.validate(token), "raw: token refused"),
-    }
+async def _inline(body: Callable[[], T]) -> T:
+    return body()
 
 
-def sync_claimer(raw: SqliteRaw, work: WorkQueue, *, batch: int) -> SyncOp:
-    """The sync reference of claim+complete."""
+def layer(
+    stack: contextlib.AsyncExitStack,
+    path: Path,
+    synchronous: str,
+    sql: dict[str, RawStatement],
+    kind: str,
+) -> Through:
+    """A raw connection at ``synchronous`` and how calls reach it: ``hop``, a thread of its
+    own, one transaction per call; ``gc``, the group-commit thread; ``inline``, called on
+    the event loop's thread, never yielding (the sync reference)."""
+    conn = sqlite_connect(path, synchronous)
+    stack.callback(conn.close)
 
-    def claim_complete() -> None:
-        rows = in_transaction(raw.conn, lambda: raw.claim(work.queue_type, "sync-0", batch))
-        check(len(rows) == batch, f"sync: claimed {len(rows)} of {batch} items")
-        work.took(len(rows))
-        completed = in_transaction(raw.conn, lambda: raw.complete(rows, "sync-0"))
-        check(completed == batch, f"sync: {batch - completed} leases lost")
-        work.done("sync", batch)
+    def in_own_transaction(body: Callable[[], T]) -> T:
+        return in_transaction(conn, body)
 
-    return claim_complete
+    if kind == "inline":
+        return Through(
+            SqliteRaw(conn, sql), lambda body: _inline(partial(in_own_transaction, body)), _inline
+        )
+    name = f"bench-sqlite-{kind}-{synchronous}"
+    thread = GroupCommitThread(name, conn) if kind == "gc" else DbThread(name)
+    stack.push_async_callback(thread.close)
+    if kind == "gc":
+        return Through(SqliteRaw(conn, sql), thread.run, thread.run)
+    return Through(
+        SqliteRaw(conn, sql), lambda body: thread.run(partial(in_own_transaction, body)), thread.run
+    )
 
 
 # ------------------------------------------------------------------ the cells
@@ -449,22 +360,13 @@ async def bench_sqlite(duration: float, info: dict[str, str]) -> list[Cell]:
             seeded = await seed(store)
             token, _record = await store.create_token("bench", "viewer")
             sql = compiled(store.engine.dialect)
-            sync = SqliteRaw(sqlite_connect(path), sql)
-            stack.callback(sync.conn.close)
-            sync.conn.execute("ANALYZE")
-            hop = Layer(stack, path, "NORMAL", sql, group_commit=False)
-            gc = Layer(stack, path, "NORMAL", sql, group_commit=True)
+            hop, gc, sync = (layer(stack, path, "NORMAL", sql, k) for k in ("hop", "gc", "inline"))
+            sync.raw.conn.execute("ANALYZE")
 
-            store_side = store_ops(store, seeded, token)
-            hop_side = single_ops(hop.raw, seeded, token)
-            sync_side = single_ops(sync, seeded, token)
+            sides: dict[str, Side] = {"store": StoreSide(store), "raw": hop, "sync": sync}
+            ops = {label: single_ops(side, seeded, token) for label, side in sides.items()}
             for operation in SINGLE:
-                hop_op = hop_side[operation]
-                contenders = [
-                    Contender("store", async_op=store_side[operation]),
-                    Contender("raw", async_op=lambda op=hop_op: hop.thread.run(op)),  # type: ignore[misc]
-                    Contender("sync", sync_op=sync_side[operation]),
-                ]
+                contenders = [Contender(label, async_op=ops[label][operation]) for label in ops]
                 cells.append(await measure("sqlite", operation, contenders, duration))
             cells.append(await append_cell(store, seeded, hop, gc, APPEND, duration))
             if otel.available():
@@ -474,40 +376,36 @@ async def bench_sqlite(duration: float, info: dict[str, str]) -> list[Cell]:
             async with contextlib.AsyncExitStack() as full:
                 full_store = await StateStore.open(f"sqlite:///{path}", durability="FULL")
                 full.push_async_callback(full_store.close)
-                hop_full = Layer(full, path, "FULL", sql, group_commit=False)
-                gc_full = Layer(full, path, "FULL", sql, group_commit=True)
+                hop_full, gc_full = (layer(full, path, "FULL", sql, k) for k in ("hop", "gc"))
                 cells.append(
                     await append_cell(full_store, seeded, hop_full, gc_full, APPEND_FULL, duration)
                 )
 
             queue = (
                 lambda queue_type, count: asyncio.to_thread(
-                    sync.fill, seeded.queue_execution, queue_type, count
+                    sync.raw.fill, seeded.queue_execution, queue_type, count
                 ),
-                lambda queue_type: asyncio.to_thread(sync.counts, queue_type),
+                lambda queue_type: asyncio.to_thread(sync.raw.counts, queue_type),
             )
             for batch, callers in ((1, 1), (1, SQLITE_CALLERS), (CLAIM_BATCH, 1)):
-                sides = {"raw": hop.claimer(batch)}
-                if callers > 1:
-                    sides["gc"] = gc.claimer(batch)
-                reference = None if callers > 1 else partial(sync_claimer, sync, batch=batch)
+                # With one caller the sync reference, with many raw group commit.
+                other = ("gc", gc) if callers > 1 else ("sync", sync)
+                claimers = {"raw": claimer([hop], batch), other[0]: claimer([other[1]], batch)}
                 cells.append(
-                    await queue_cell(
-                        "sqlite", store, queue, sides, batch, callers, duration, reference
-                    )
+                    await queue_cell("sqlite", store, queue, claimers, batch, callers, duration)
                 )
     return cells
 
 
 async def append_cell(
-    store: StateStore, seeded: Seeded, hop: Layer, gc: Layer, operation: str, duration: float
+    store: StateStore, seeded: Seeded, hop: Side, gc: Side, operation: str, duration: float
 ) -> Cell:
     """16 concurrent appenders, each to its own executions: the store, one transaction per
     call (raw), and raw group commit (gc)."""
     shares = seeded.shares(SQLITE_CALLERS)
+    sides: dict[str, Side] = {"store": StoreSide(store), "raw": hop, "gc": gc}
     contenders = [
-        Contender("store", callers=[store_appender(store, own) for own in shares]),
-        Contender("raw", callers=[hop.appender(own) for own in shares]),
-        Contender("gc", callers=[gc.appender(own) for own in shares]),
+        Contender(label, callers=[appender(side, own) for own in shares])
+        for label, side in sides.items()
     ]
     return await measure("sqlite", operation, contenders, duration, SQLITE_CALLERS)

@@ -14,7 +14,7 @@ store sends for the operation.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,3 +117,23 @@ def compiled(dialect: Dialect) -> dict[str, RawStatement]:
         columns = () if done.row_type is None else done.row_type.__self__._fields  # type: ignore[attr-defined]
         out[name] = RawStatement(done.sql, done.names, dict(done.defaults), tuple(columns))
     return out
+
+
+def bulk_completion(
+    sql: dict[str, RawStatement],
+    rows: Sequence[Any],
+    worker: str,
+    now: Any,
+    i_id: int,
+    i_fence: int,
+) -> tuple[str, tuple[Any, ...]]:
+    """The store's bulk completion of claimed ``rows`` (their id and fence at ``i_id`` and
+    ``i_fence``), padded like the store's to the statement's size by repeating the first:
+    its SQL and arguments."""
+    statement = sql["complete_many"]
+    values: dict[str, Any] = {"p_now": now}
+    padded = [*rows, *[rows[0]] * (COMPLETE_BATCH - len(rows))]
+    for i, row in enumerate(padded):
+        values[f"p_id{i}"], values[f"p_worker{i}"] = row[i_id], worker
+        values[f"p_fence{i}"] = row[i_fence]
+    return statement.sql, statement.args(values)
