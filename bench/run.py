@@ -115,8 +115,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         nargs="?",
         const=str(DEFAULT_JSON),
         metavar="PATH",
-        help=f"write the figures as JSON (default path {DEFAULT_JSON.name} in"
-        " bench/results/; --write implies it)",
+        help="write the figures as JSON (default path bench/results/run.json)",
     )
     parser.add_argument(
         "--write",
@@ -136,8 +135,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.duration = QUICK_DURATION
     if args.duration <= 0:
         parser.error("--duration must be positive")
-    if args.write and not args.json:
-        args.json = str(DEFAULT_JSON)
     return args
 
 
