@@ -1,6 +1,7 @@
-"""What the hot-path bench measures: the cells, the data they work on, the store's side of
-each, and the target each row is judged against. The raw sides are in bench/sqlite_raw.py
-and bench/pg_raw.py, their SQL in bench/statements.py."""
+"""What the hot-path bench measures: the cells, the data they work on, the target each row
+is judged against, and what a contender does for each cell (:class:`Side`): the store's
+facade here, the raw drivers in bench/sqlite_raw.py and bench/pg_raw.py (their SQL in
+bench/statements.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from common import KIND, check, dumps
-from harness import AsyncOp, Cell, Contender, SyncOp, WorkQueue, measure
+from harness import AsyncOp, Cell, Contender, WorkQueue, measure
 from statements import CLAIM_BATCH
 
 from statestore import Event, StateStore, WorkflowExecution
@@ -316,13 +317,12 @@ async def queue_cell(
     batch: int,
     callers: int,
     duration: float,
-    sync: Callable[[WorkQueue], SyncOp] | None = None,
 ) -> Cell:
-    """claim+complete of ``batch`` items from ``callers`` callers: the store and each raw
-    side of ``sides`` (each caller with its own worker id, ``<label>-<n>``), plus the
-    optional ``sync`` reference, all claiming from one queue type; then the check that every
-    claimed item was completed exactly once. ``queue``: how to fill it (untimed) and count
-    its rows by status and worker."""
+    """claim+complete of ``batch`` items from ``callers`` callers: the store and each other
+    contender of ``sides`` (each caller with its own worker id, ``<label>-<n>``), all
+    claiming from one queue type; then the check that every claimed item was completed
+    exactly once. ``queue``: how to fill it (untimed) and count its rows by status and
+    worker."""
     fill, counts = queue
     work = WorkQueue(
         f"bench-{batch}x{callers}", fill, counts, QUEUE_RATE_GUESS[batch], 2 * CLAIM_BATCH
@@ -336,9 +336,5 @@ async def queue_cell(
         contender("store", claimer([StoreSide(store)], batch)),
         *(contender(label, make) for label, make in sides.items()),
     ]
-    if sync is not None:
-        contenders.append(
-            Contender("sync", sync_op=sync(work), prepare=work.top_up, items_per_call=batch)
-        )
     operation = CLAIM if batch == 1 else CLAIM_MANY
     return await work.check(await measure(backend, operation, contenders, duration, callers))

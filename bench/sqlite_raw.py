@@ -5,7 +5,11 @@
 - ``gc`` (concurrent rows): raw group commit, one database thread draining up to 64 waiting
   calls into one ``BEGIN IMMEDIATE … COMMIT``, a SAVEPOINT per call, one loop wake-up per
   batch.
-- ``sync`` (one caller, a reference): the same calls with no event loop.
+- ``sync`` (one caller, a reference): the same calls made inline on the event loop's thread,
+  no hop, never yielding.
+
+:class:`SqliteRaw` runs the store's statements on one connection; :func:`layer` puts it
+behind one of these layers as a :class:`cells.Side`.
 """
 
 from __future__ import annotations
