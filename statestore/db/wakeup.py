@@ -12,6 +12,13 @@
 
 A wake-up is a hint: the woken waiter claims again, and if another worker took the item
 it goes back to waiting until its deadline.
+
+Feed followers (``iter_feed(follow=True)``, :meth:`Waker.following`) wait here too and wake
+on every signal: each commit of this store's SQLite writer, each change of the file by
+another process, each work notification on PostgreSQL (a turn or an enqueue committed), and
+:meth:`Waker.wrote`, called after each of this store's own PostgreSQL writes returns.
+Appends do not ``NOTIFY`` (docs/architecture.md, "The feed", says why): a follower on
+PostgreSQL sees another process's plain appends by its bounded poll.
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ FALLBACK_POLL_S = 0.25
 """How often waiters poll while the PostgreSQL listener is down."""
 RECONNECT_S = (0.1, 0.5, 1.0, 2.0)
 """Delays between attempts to re-open a dropped listener connection."""
+FEED = ""
+"""The queue type a feed follower waits for: no queue has it (queue types are non-empty),
+and :meth:`Waker.signal` wakes the waiters holding it on every signal."""
 
 _log = logging.getLogger("statestore")
 
@@ -85,8 +95,19 @@ class Waker:
         """Wake the waiters for ``queue_type`` (every waiter if ``None``). On the loop."""
         self.wakeups += 1
         for waiter in self._waiters:
-            if queue_type is None or queue_type in waiter.types:
+            if queue_type is None or queue_type in waiter.types or FEED in waiter.types:
                 waiter.event.set()
+
+    def following(self) -> contextlib.AbstractContextManager[asyncio.Event]:
+        """Register a feed follower for the block: its event is set by every signal (any
+        commit may have appended events; clear it before each read)."""
+        return self.waiting((FEED,))
+
+    def wrote(self) -> None:
+        """One of this store's writes returned (on the loop): wake its feed followers. On
+        PostgreSQL only; on SQLite :meth:`committed` already did, after the COMMIT."""
+        if self._config.dialect == "postgresql" and self._waiters:
+            self.signal(FEED)
 
     def committed(self) -> None:
         """A write transaction committed (any thread): wake every waiter."""
