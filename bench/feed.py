@@ -2,7 +2,7 @@
 throughput of writer processes with and without a NOTIFY per append, and how far a follower
 lags behind writer processes.
 
-    python bench/feed.py URL [--events N] [--writers W] [--seconds S]
+    python bench/feed.py URL [--events N] [--writers W] [--seconds S] [--rounds R]
 
 Read: ``N`` events (20,000) in 40 executions, then ``iter_feed(batch=1000)`` over all of
 them against the same pages read with a raw ``SELECT … WHERE position > :last ORDER BY
@@ -12,7 +12,7 @@ Append: ``W`` writer processes (8), each with its own store and execution, call
 ``append_event`` as fast as they can for ``S`` seconds (4); events per second of all of
 them. On PostgreSQL the same again with each append also sending ``pg_notify`` inside its
 statement (the wake-up per append the store does not send: docs/architecture.md, "The
-feed"), the two alternating, 2 runs each, best of each.
+feed"), the two alternating, ``R`` runs each (2), best of each.
 
 Lag: the same writer processes for ``S`` seconds while this process follows with
 ``iter_feed(follow=True)``; per event, the time from the writer's acknowledged append (the
@@ -186,7 +186,7 @@ def percentiles(lags_ms: list[float]) -> str:
     return f"p50 {cuts[49]:.1f} ms, p99 {cuts[98]:.1f} ms"
 
 
-async def main(url: str, events: int, writers: int, seconds: float) -> None:
+async def main(url: str, events: int, writers: int, seconds: float, rounds: int) -> None:
     store = await StateStore.open(url)
     postgresql = store.engine.dialect.name == "postgresql"
     try:
@@ -195,7 +195,7 @@ async def main(url: str, events: int, writers: int, seconds: float) -> None:
 
         variants = (False, True) if postgresql else (False,)
         best: dict[bool, float] = {}
-        for _ in range(2):
+        for _ in range(rounds):
             for notify in variants:
                 run = await run_writers(url, writers, seconds, notify=notify, follow=None)
                 best[notify] = max(best.get(notify, 0.0), run.per_s)
@@ -223,9 +223,10 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=20_000, help="events read (20,000)")
     parser.add_argument("--writers", type=int, default=8, help="writer processes (8)")
     parser.add_argument("--seconds", type=float, default=4.0, help="per writer run (4)")
+    parser.add_argument("--rounds", type=int, default=2, help="append runs of each kind (2)")
     return parser.parse_args()
 
 
 if __name__ == "__main__":
     args = arguments()
-    asyncio.run(main(args.url, args.events, args.writers, args.seconds))
+    asyncio.run(main(args.url, args.events, args.writers, args.seconds, args.rounds))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
+import subprocess
 import sys
 import time
 import uuid
@@ -464,3 +466,32 @@ async def test_cancelling_or_closing_a_follower_leaks_no_waiter(store: StateStor
         assert waker._task is not None and not waker._task.done()  # one per store
         await store.close()
         assert waker._task is None or waker._task.done()
+
+
+def test_the_feed_benchmark_runs_at_a_small_size(database_url: str, backend: str) -> None:
+    """bench/feed.py end to end with 2 writer processes for half a second (no timing
+    thresholds): read, append and lag lines, and on PostgreSQL the NOTIFY-per-append ones."""
+    script = Path(__file__).resolve().parent.parent / "bench" / "feed.py"
+    args = ["--events", "200", "--writers", "2", "--seconds", "0.5", "--rounds", "1"]
+    result = subprocess.run(
+        [sys.executable, str(script), database_url, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    patterns = [
+        r"read: iter_feed [\d,]+ events/s, raw SELECT [\d,]+ events/s",
+        r"append, 2 writer processes: [\d,]+ events/s",
+        r"lag, 2 writer processes: \d+ events, p50 -?[\d.]+ ms, p99 -?[\d.]+ ms",
+    ]
+    if backend == "postgresql":
+        patterns += [
+            r"append, 2 writer processes, NOTIFY in each append: [\d,]+ events/s \([\d.]+x\)",
+            r"lag, 2 writer processes, NOTIFY in each append: \d+ events, p50 .* ms, p99 .* ms",
+        ]
+    for pattern in patterns:
+        assert any(re.fullmatch(pattern, line) for line in lines), (pattern, result.stdout)
+    assert len(lines) == len(patterns), result.stdout
