@@ -306,39 +306,44 @@ async def following(store: StateStore) -> Follower:
     follower = Follower(store, last[-1].position or 0 if last else 0)
     waker = store._backend.waker
     for _ in range(500):
-        if waker._waiters and waker.reliable:
+        if waker._followers and waker.reliable:
             break
         await asyncio.sleep(0.01)
-    assert waker._waiters and waker.reliable
+    assert waker._followers and waker.reliable
     await asyncio.sleep(0.1)  # past the reads a (re)connection's signal causes
     return follower
 
 
 async def stop(follower: Follower, store: StateStore) -> None:
+    """Cancel the follower: its waiter is gone at once."""
+    followers = len(store._backend.waker._followers)
     follower.task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await follower.task
-    assert not store._backend.waker._waiters
+    assert len(store._backend.waker._followers) == followers - 1
 
 
 @pytest.mark.usefixtures("long_poll")
-async def test_a_follower_is_woken_by_its_own_store_s_append(store: StateStore) -> None:
+async def test_followers_are_woken_by_their_own_store_s_append(store: StateStore) -> None:
     """SQLite: the writer's commit signal; PostgreSQL: the signal after the store's own
-    write returned. Both well before the (minute-long) poll would read again."""
+    write returned. Both well before the (minute-long) poll would read again, and every
+    follower, not one of them."""
     execution = await _execution(store)
-    follower = await following(store)
+    followers = [await following(store), await following(store)]
     latencies = []
     for i in range(3):
         await store.append_event(
             Event(execution_id=execution.execution_id, kind=CustomEvent(type=f"w{i}"))
         )
         returned = time.time()
-        event, arrived = await follower.next()
-        assert event.kind.type == f"w{i}"
-        assert arrived - returned < WAKE_BOUND_S
-        latencies.append(round((arrived - returned) * 1000, 1))
-    print(f"in-process follower woken after the append returned (ms): {latencies}")
-    await stop(follower, store)
+        for follower in followers:
+            event, arrived = await follower.next()
+            assert event.kind.type == f"w{i}"
+            assert arrived - returned < WAKE_BOUND_S
+            latencies.append(round((arrived - returned) * 1000, 1))
+    print(f"in-process followers woken after the append returned (ms): {latencies}")
+    for follower in followers:
+        await stop(follower, store)
 
 
 @pytest.mark.usefixtures("long_poll")
@@ -450,7 +455,7 @@ async def test_a_follower_survives_a_dropped_listener(
 async def test_cancelling_or_closing_a_follower_leaks_no_waiter(store: StateStore) -> None:
     waker = store._backend.waker
     assert [e async for e in store.iter_feed()] == []
-    assert not waker._waiters and waker._task is None  # a plain read starts nothing
+    assert not waker._followers and waker._task is None  # a plain read starts nothing
     follower = await following(store)
     await stop(follower, store)  # cancelled while it waits
 
@@ -460,10 +465,10 @@ async def test_cancelling_or_closing_a_follower_leaks_no_waiter(store: StateStor
     )
     async with contextlib.aclosing(store.iter_feed(follow=True)) as events:
         async for event in events:
-            assert waker._waiters
+            assert waker._followers
             if event.kind.type == "b":
                 break  # left while it was yielding, not waiting
-    assert not waker._waiters
+    assert not waker._followers
     if store._backend.config.dialect == "sqlite":
         # The change check runs only while someone waits.
         await asyncio.sleep(0.2)
