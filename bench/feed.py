@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Executable, Insert, text
 
 from statestore import CustomEvent, Event, StateStore, WorkflowExecution
 from statestore.db import queries
@@ -86,8 +86,10 @@ def notify_each_append() -> None:
     appending transaction notifies at commit."""
     plain = queries._append_one
 
-    def notifying(expecting: bool) -> Any:
-        return plain(expecting).returning(queries._NotifyWork(EventRow.tenant_id))
+    def notifying(expecting: bool) -> Executable:
+        statement = plain(expecting)
+        assert isinstance(statement, Insert)
+        return statement.returning(queries._NotifyWork(EventRow.tenant_id))
 
     queries._append_one = notifying
 
