@@ -1,14 +1,16 @@
-"""Atomic turns benchmark: ``commit_turn`` against the same transaction written raw, an engine
+"""Atomic turns benchmark: ``commit_turn`` against its own statements run raw, an engine
 on turns against the same engine on today's separate calls and against DBOS, and the
 PostgreSQL round trips of one turn, all in one run.
 
 1. **commit_turn** (1 caller; 16 concurrent callers on SQLite, 8 workers on PostgreSQL).
    ``store``: ``StateStore.commit_turn`` of a claimed item with one event (~200 B of JSON),
-   a state merge patch and one successor item. ``raw``: the same transaction by hand through
-   the bare driver: lock the execution row (reading its state and status), settle the item
-   with a fenced ``UPDATE``, bump ``last_sequence`` and write the merged state in one
-   ``UPDATE``, insert the event, insert the successor, commit. SQLite: stdlib ``sqlite3``
-   behind one thread hop with group commit (bench/run.py's ``gc`` layer: up to 64 waiting
+   a state merge patch and one successor item. ``raw``: the same transaction through the
+   bare driver, its statements the store's own (bench/statements.py ``compiled_turn``, a
+   test checks they are what the store sends): lock the item's execution (reading its
+   state), settle the item with the fenced ``UPDATE``, reserve the sequence and write the
+   merged state in one ``UPDATE``, insert the event, insert the successor, commit.
+   SQLite: stdlib ``sqlite3`` behind one thread hop with group commit (bench/sqlite_raw.py's
+   ``gc`` layer: up to 64 waiting
    calls in one ``BEGIN IMMEDIATE … COMMIT``, a SAVEPOINT each; one caller: one transaction
    per call). PostgreSQL: ``asyncpg``, a connection per worker. The claimed items are
    inserted untimed before every timed run; only the turn is timed.
@@ -51,52 +53,39 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import sqlalchemy
+from cells import KIND_JSON, KIND_TYPE, WORK_PAYLOAD, item_row
 from common import (
     KIND,
     TURNS_BEGIN,
     TURNS_END,
     check,
+    code_version,
+    command_line,
+    cpu_model,
     dumps,
     fmt_ratio,
+    nproc,
     pg_admin,
     progress,
     with_database,
     write_document,
 )
-from run import (
-    ITEM_COLUMNS,
-    KIND_JSON,
-    KIND_TYPE,
-    PG_SQL,
-    SQLITE_FILL,
-    SQLITE_SQL,
-    TENANT,
-    WORK_PAYLOAD,
-    BenchError,
-    Cell,
-    Contender,
-    GroupCommitThread,
-    code_version,
-    command_line,
-    cpu_model,
-    fmt_rate,
-    fmt_us,
-    measure,
-    nproc,
-    sqlite_connect,
-    sqlite_now,
-    sqlite_time,
-)
+from harness import AsyncOp, BenchError, Cell, Contender, WorkQueue, fmt_rate, fmt_us, measure
+from render import table
+from run import DEFAULT_PG_ADMIN_URL
 from sqlalchemy import event
+from sqlite_raw import GroupCommitThread, in_transaction, sqlite_connect, sqlite_now, sqlite_time
+from statements import RawStatement, compiled, compiled_turn, turn_catalogue
 
 from statestore import (
     NodeCompleted,
@@ -110,13 +99,8 @@ from statestore import (
     WorkItem,
 )
 
-AsyncOp = Callable[[], Awaitable[object]]
-
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = ("sqlite", "postgresql")
-DEFAULT_PG_ADMIN_URL = os.environ.get(
-    "STATESTORE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
 PG_DATABASE = "statestore_bench_turns"
 PG_DBOS_DATABASE = "statestore_bench_turns_dbos"
 DEFAULT_DURATION = 1.0
@@ -140,8 +124,9 @@ TARGET_VS_SEPARATE = 3.0
 TARGET_VS_DBOS = 10.0
 GIVE_UP_AFTER = 300.0
 """Seconds an engine run may take before the bench calls it stuck."""
-FINISHED = ("completed", "failed", "cancelled")
 
+RAW_STATEMENTS = len(turn_catalogue())
+"""The statements of the raw turn (and of the store's, between BEGIN and COMMIT)."""
 TURN_QUEUE = "turn"
 NEXT_QUEUE = "turn-next"
 ENGINE_QUEUE = "engine"
@@ -157,56 +142,73 @@ DBOS_MARK = "DBOS-RESULT "
 # ------------------------------------------------------------------------------ 1. commit_turn
 
 
+async def _no_counts(_queue_type: str) -> list[tuple[str, str | None, int]]:
+    return []  # the claimed items are not checked by status afterwards
+
+
 class ClaimedItems:
     """Items already claimed by each caller of one contender, inserted untimed before every
-    timed run: twice what the run can settle at the fastest rate seen so far (or a first
-    guess), so a run never runs out. ``take`` hands a caller its next (item id, execution)."""
+    timed run; how many is the harness's queue rule (bench/harness.py :class:`WorkQueue`,
+    one per caller: twice what the run can settle at the fastest rate seen so far, or a
+    first guess), so a run never runs out. ``take`` hands a caller its next (item id,
+    execution id)."""
 
     def __init__(
         self,
         label: str,
         executions: Sequence[Sequence[uuid.UUID]],
-        fill: Callable[[str, uuid.UUID, int], Awaitable[list[uuid.UUID]]],
+        insert: Callable[[str, uuid.UUID, int], Awaitable[list[uuid.UUID]]],
     ) -> None:
-        self.label = label
-        self.workers = [f"{label}-{caller}" for caller in range(len(executions))]
-        self._executions = executions
-        self._fill = fill
+        callers = len(executions)
+        self.workers = [f"{label}-{caller}" for caller in range(callers)]
+        self._insert = insert
         self._pools: list[collections.deque[tuple[uuid.UUID, uuid.UUID]]] = [
-            collections.deque() for _ in executions
+            collections.deque() for _ in range(callers)
         ]
-        self._rate = float(TURN_RATE_GUESS)
-        self._taken = 0
-        self._since: int | None = None
+        self._queues = [
+            WorkQueue(
+                TURN_QUEUE,
+                partial(self._fill, caller, own),
+                _no_counts,
+                TURN_RATE_GUESS / callers,
+                20,
+            )
+            for caller, own in enumerate(executions)
+        ]
+
+    async def _fill(
+        self, caller: int, own: Sequence[uuid.UUID], _queue_type: str, missing: int
+    ) -> None:
+        # Spread the new items over the caller's executions, a bulk insert per execution.
+        share, extra = divmod(missing, len(own))
+        fresh: list[tuple[uuid.UUID, uuid.UUID]] = []
+        for index, execution_id in enumerate(own):
+            if count := share + (1 if index < extra else 0):
+                ids = await self._insert(self.workers[caller], execution_id, count)
+                fresh += [(item_id, execution_id) for item_id in ids]
+        # Interleave executions, so consecutive turns of a caller touch different rows.
+        fresh.sort(key=lambda pair: pair[0].int)
+        self._pools[caller].extend(fresh)
 
     async def top_up(self, seconds: float) -> None:
-        now = time.perf_counter_ns()
-        if self._since is not None and now > self._since and self._taken:
-            self._rate = max(self._rate, self._taken / ((now - self._since) / 1e9))
-        callers = len(self._pools)
-        wanted = int(self._rate * seconds * 2 / callers) + 20
-        for caller, pool in enumerate(self._pools):
-            missing = wanted - len(pool)
-            own = self._executions[caller]
-            if missing <= 0:
-                continue
-            # Spread the new items over the caller's executions, a bulk insert per execution.
-            share, extra = divmod(missing, len(own))
-            fresh: list[tuple[uuid.UUID, uuid.UUID]] = []
-            for index, execution_id in enumerate(own):
-                count = share + (1 if index < extra else 0)
-                if count:
-                    ids = await self._fill(self.workers[caller], execution_id, count)
-                    fresh += [(item_id, execution_id) for item_id in ids]
-            # Interleave executions, so consecutive turns of a caller touch different rows.
-            fresh.sort(key=lambda pair: pair[0].int)
-            pool.extend(fresh)
-        self._taken = 0
-        self._since = time.perf_counter_ns()
+        for queue in self._queues:
+            await queue.top_up(seconds)
 
     def take(self, caller: int) -> tuple[uuid.UUID, uuid.UUID]:
-        self._taken += 1
+        self._queues[caller].took(1)
         return self._pools[caller].popleft()
+
+
+def claimed_row(
+    item_id: Any, execution_id: Any, worker: str, now: Any, expires: Any
+) -> dict[str, Any]:
+    """Every column of an item claimed by ``worker`` (fence 1), values in the driver's form."""
+    claimed = {"status": "claimed", "attempt": 1, "worker_id": worker, "lease_fence": 1}
+    return {
+        **item_row(item_id, execution_id, TURN_QUEUE, now),
+        **claimed,
+        "lease_expires_at": expires,
+    }
 
 
 _steps = collections.Counter[str]()
@@ -218,163 +220,112 @@ def state_patch(caller: str) -> dict[str, Any]:
     return {"summarise": {"done": True, "step": _steps[caller], "tokens": 412}}
 
 
-def store_turner(store: StateStore, items: ClaimedItems, caller: int) -> AsyncOp:
-    worker = items.workers[caller]
-
-    async def commit_turn() -> None:
-        item_id, execution_id = items.take(caller)
-        result = await store.commit_turn(
-            item_id,
-            worker_id=worker,
-            lease_fence=1,
-            events=[KIND],
-            state_patch=state_patch(worker),
-            enqueue=[
-                WorkItem(
-                    execution_id=execution_id,
-                    node_id="next",
-                    queue_type=NEXT_QUEUE,
-                    payload=WORK_PAYLOAD,
-                )
-            ],
-        )
-        check(
-            len(result.sequences) == 1 and len(result.enqueued) == 1,
-            f"commit_turn wrote {result.sequences} / {result.enqueued}",
-        )
-
-    return commit_turn
-
-
-# SQLite: ids are 32-digit hex, times naive UTC text, JSON text (statestore/db/types.py).
-SQLITE_CLAIMED = (
-    f"INSERT INTO work_items ({ITEM_COLUMNS}) VALUES (?1, ?2, 'summarise', ?3, ?4, 'claimed',"
-    " 0, 1, 3, ?5, ?6, ?7, 1, NULL, ?5, ?5, NULL, ?8)"
-)
-SQLITE_TURN = {
-    "lock": "SELECT current_state, status FROM workflow_executions WHERE id = ?1",
-    "settle": SQLITE_SQL["complete"],
-    "bump": (
-        "UPDATE workflow_executions SET last_sequence = last_sequence + 1, current_state = ?1,"
-        " updated_at = ?2 WHERE id = ?3 RETURNING last_sequence, tenant_id"
-    ),
-    "event": SQLITE_SQL["insert_event"],
-    "enqueue": SQLITE_FILL,
-}
-
-
-def sqlite_turn(
-    conn: sqlite3.Connection, item_id: str, execution_id: str, worker: str, patch: dict[str, Any]
+async def store_turn(
+    store: StateStore, item_id: uuid.UUID, execution_id: uuid.UUID, worker: str, fence: int = 1
 ) -> int:
-    """The turn's statements (the caller's transaction): on SQLite the write lock that
-    ``BEGIN IMMEDIATE`` took is the execution's lock; the read gets the state to merge."""
-    sql = SQLITE_TURN
-    now = sqlite_now()
-    row = conn.execute(sql["lock"], (execution_id,)).fetchone()
-    check(row is not None and row[1] not in FINISHED, "raw: execution missing or finished")
-    settled = conn.execute(sql["settle"], (item_id, now, worker, 1)).fetchall()
-    check(len(settled) == 1, "raw: lease lost")
-    state = json.loads(row[0])
-    state.update(patch)
-    sequence, tenant_id = conn.execute(sql["bump"], (dumps(state), now, execution_id)).fetchone()
-    conn.execute(
-        sql["event"],
-        (uuid.uuid4().hex, execution_id, sequence, KIND_TYPE, dumps(KIND_JSON), now, tenant_id),
+    """The store's turn: settle the item, one event, a state patch, one successor; the
+    event's sequence."""
+    result = await store.commit_turn(
+        item_id,
+        worker_id=worker,
+        lease_fence=fence,
+        events=[KIND],
+        state_patch=state_patch(worker),
+        enqueue=[
+            WorkItem(
+                execution_id=execution_id,
+                node_id="next",
+                queue_type=NEXT_QUEUE,
+                payload=WORK_PAYLOAD,
+            )
+        ],
     )
-    conn.execute(
-        sql["enqueue"],
-        (uuid.uuid4().hex, execution_id, NEXT_QUEUE, dumps(WORK_PAYLOAD), now, tenant_id),
+    check(
+        len(result.sequences) == 1 and len(result.enqueued) == 1,
+        f"commit_turn wrote {result.sequences} / {result.enqueued}",
     )
-    return int(sequence)
+    return result.sequences[0]
 
 
-def sqlite_turner(
-    gc: GroupCommitThread, conn: sqlite3.Connection, items: ClaimedItems, caller: int
-) -> AsyncOp:
-    """A caller running the raw turn through the group-commit thread ``gc`` on ``conn``."""
-    worker = items.workers[caller]
+Steps = Generator[tuple[str, tuple[Any, ...]], Sequence[Any], int]
+"""A raw turn: yields each statement's SQL and arguments, is sent its rows, returns the
+event's sequence."""
 
-    async def commit_turn() -> None:
-        item_id, execution_id = items.take(caller)
-        patch = state_patch(worker)
-        sequence = await gc.run(
-            lambda: sqlite_turn(conn, item_id.hex, execution_id.hex, worker, patch)
+
+class RawTurn:
+    """The raw contenders' turn: the store's own statements of ``commit_turn``
+    (bench/statements.py :func:`compiled_turn`), in the store's order, with the values in
+    the driver's form (``to_id``: a UUID as the driver takes it; ``now``: the current time
+    so). :meth:`steps` is the turn once for both drivers, each running it its own way
+    (:func:`sqlite_run`, :func:`pg_run`) inside its transaction."""
+
+    def __init__(
+        self,
+        sql: dict[str, RawStatement],
+        to_id: Callable[[uuid.UUID], Any],
+        now: Callable[[], Any],
+    ) -> None:
+        self.sql = {name: statement.sql for name, statement in sql.items()}
+        self.to_id, self.now = to_id, now
+        lock = sql["lock"]
+        self._lock = tuple(lock.column(c) for c in ("execution_id", "tenant_id", "current_state"))
+        self._settle = sql["settle"].binder("p_id0", "p_worker0", "p_fence0", "p_now", "p_tenant")
+        self._advance = sql["advance"].binder(
+            "p_state", "p_now", "p_count", "p_execution_id", "p_tenant"
         )
-        check(sequence > 0, "raw: no sequence")
+        self._event = sql["insert_event"].binder(
+            "id", "execution_id", "sequence", "event_type", "kind", "created_at", "tenant_id"
+        )
+        # The successor's columns that do not change from turn to turn, bound once.
+        fixed = {**item_row(None, None, NEXT_QUEUE, None), "node_id": "next"}
+        enqueue = sql["enqueue"]
+        successor = replace(enqueue, defaults={**enqueue.defaults, **fixed})
+        self._successor = successor.binder(
+            "id", "execution_id", "available_at", "created_at", "updated_at", "p_tenant"
+        )
+        self._kind = dumps(KIND_JSON)
 
-    return commit_turn
-
-
-PG_CLAIMED = (
-    f"INSERT INTO work_items ({ITEM_COLUMNS}) SELECT gen_random_uuid(), $1, 'summarise', $2,"
-    " $3::json, 'claimed', 0, 1, 3, $4, $5, $6, 1, NULL, $4, $4, NULL, $7"
-    " FROM generate_series(1, $8) RETURNING id"
-)
-PG_TURN = {
-    "lock": "SELECT current_state, status FROM workflow_executions WHERE id = $1 FOR UPDATE",
-    "settle": PG_SQL["complete"],
-    "bump": (
-        "UPDATE workflow_executions SET last_sequence = last_sequence + 1,"
-        " current_state = $1::json, updated_at = $2 WHERE id = $3"
-        " RETURNING last_sequence, tenant_id"
-    ),
-    "event": PG_SQL["insert_event"],
-    "enqueue": (
-        f"INSERT INTO work_items ({ITEM_COLUMNS}) VALUES ($1, $2, 'summarise', $3, $4::json,"
-        " 'pending', 0, 0, 3, $5, NULL, NULL, 0, NULL, $5, $5, NULL, $6)"
-    ),
-}
-
-
-async def pg_turn(
-    conn: asyncpg.Connection,
-    item_id: uuid.UUID,
-    execution_id: uuid.UUID,
-    worker: str,
-    patch: dict[str, Any],
-) -> int:
-    """The turn by hand on asyncpg: BEGIN, five statements, COMMIT."""
-    sql = PG_TURN
-    async with conn.transaction():
-        now = datetime.now(UTC)
-        row = await conn.fetchrow(sql["lock"], execution_id)
-        check(row is not None and row[1] not in FINISHED, "raw: execution missing or finished")
-        settled = await conn.fetch(sql["settle"], item_id, now, worker, 1)
+    def steps(
+        self, item_id: uuid.UUID, worker: str, patch: dict[str, Any], fence: int = 1
+    ) -> Steps:
+        sql, now = self.sql, self.now()
+        rows = yield sql["lock"], (self.to_id(item_id),)
+        check(len(rows) == 1, "raw: item missing")
+        execution_id, tenant, current = (rows[0][i] for i in self._lock)
+        settled = yield sql["settle"], self._settle(self.to_id(item_id), worker, fence, now, tenant)
         check(len(settled) == 1, "raw: lease lost")
-        state = json.loads(row[0])
+        state = json.loads(current)
         state.update(patch)
-        bumped = await conn.fetchrow(sql["bump"], dumps(state), now, execution_id)
-        sequence, tenant_id = bumped[0], bumped[1]
-        await conn.execute(
-            sql["event"],
-            uuid.uuid4(),
-            execution_id,
-            sequence,
-            KIND_TYPE,
-            dumps(KIND_JSON),
-            now,
-            tenant_id,
-        )
-        await conn.execute(
-            sql["enqueue"],
-            uuid.uuid4(),
-            execution_id,
-            NEXT_QUEUE,
-            dumps(WORK_PAYLOAD),
-            now,
-            tenant_id,
-        )
-    return int(sequence)
+        args = self._advance(dumps(state), now, 1, execution_id, tenant)
+        ((sequence,),) = yield sql["advance"], args
+        event_id = self.to_id(uuid.uuid4())
+        args = self._event(event_id, execution_id, sequence, KIND_TYPE, self._kind, now, tenant)
+        yield sql["insert_event"], args
+        args = self._successor(self.to_id(uuid.uuid4()), execution_id, now, now, now, tenant)
+        enqueued = yield sql["enqueue"], args
+        check(len(enqueued) == 1, "raw: successor refused")
+        return int(sequence)
 
 
-def pg_turner(conn: asyncpg.Connection, items: ClaimedItems, caller: int) -> AsyncOp:
-    worker = items.workers[caller]
+def sqlite_run(conn: sqlite3.Connection, steps: Steps) -> int:
+    """A raw turn on ``sqlite3``, in the caller's transaction."""
+    try:
+        sql, args = next(steps)
+        while True:
+            sql, args = steps.send(conn.execute(sql, args).fetchall())
+    except StopIteration as done:
+        return int(done.value)
 
-    async def commit_turn() -> None:
-        item_id, execution_id = items.take(caller)
-        check(await pg_turn(conn, item_id, execution_id, worker, state_patch(worker)) > 0, "seq")
 
-    return commit_turn
+async def pg_run(conn: asyncpg.Connection, steps: Steps) -> int:
+    """A raw turn on ``asyncpg``: BEGIN, its statements (prepared, cached), COMMIT."""
+    async with conn.transaction():
+        try:
+            sql, args = next(steps)
+            while True:
+                sql, args = steps.send(await conn.fetch(sql, *args))
+        except StopIteration as done:
+            return int(done.value)
 
 
 async def turn_executions(store: StateStore) -> list[uuid.UUID]:
@@ -388,83 +339,92 @@ async def turn_executions(store: StateStore) -> list[uuid.UUID]:
     return ids
 
 
-def shares(ids: Sequence[uuid.UUID], callers: int) -> list[list[uuid.UUID]]:
-    """Each caller's own executions, so concurrent turns never wait on one another's row."""
-    return [list(ids[caller::callers]) for caller in range(callers)]
+RawCommit = Callable[[int, uuid.UUID, uuid.UUID, str], Awaitable[int]]
+"""A contender's turn: (caller, item id, execution id, worker) to the event's sequence."""
+
+
+async def turn_cells(
+    backend: str,
+    store: StateStore,
+    insert: Callable[[str, uuid.UUID, int], Awaitable[list[uuid.UUID]]],
+    raw: RawCommit,
+    duration: float,
+) -> list[Cell]:
+    """A backend's commit_turn cells, one caller and many: the store and raw each settling
+    items claimed for them (``insert``: add claimed items, untimed), each caller those of
+    its own executions, so that concurrent turns never wait on one another's row."""
+    executions = await turn_executions(store)
+
+    def via_store(_caller: int, item_id: uuid.UUID, execution_id: uuid.UUID, worker: str) -> Any:
+        return store_turn(store, item_id, execution_id, worker)
+
+    def contender(label: str, callers: int, commit: RawCommit) -> Contender:
+        items = ClaimedItems(
+            f"{label}{callers}", [executions[n::callers] for n in range(callers)], insert
+        )
+
+        def caller(number: int) -> AsyncOp:
+            worker = items.workers[number]
+
+            async def commit_turn() -> None:
+                item_id, execution_id = items.take(number)
+                check(await commit(number, item_id, execution_id, worker) > 0, "no sequence")
+
+            return commit_turn
+
+        return Contender(label, callers=[caller(n) for n in range(callers)], prepare=items.top_up)
+
+    cells = []
+    for callers in (1, SQLITE_CALLERS if backend == "sqlite" else PG_WORKERS):
+        contenders = [contender("store", callers, via_store), contender("raw", callers, raw)]
+        cells.append(await measure(backend, "commit_turn", contenders, duration, callers))
+    return cells
 
 
 async def sqlite_turn_cells(path: Path, store: StateStore, duration: float) -> list[Cell]:
-    executions = await turn_executions(store)
+    """raw: the turn on ``sqlite3`` through the group-commit thread (its own connection);
+    the claimed items inserted on another."""
+    dialect = store.engine.dialect
+    turn = RawTurn(compiled_turn(dialect), lambda value: value.hex, sqlite_now)
+    item = compiled(dialect)["insert_item"]
     fill_conn = sqlite_connect(path)
     gc_conn = sqlite_connect(path)
     gc = GroupCommitThread("bench-turns-gc", gc_conn)
-    cells = []
     try:
 
-        async def fill(worker: str, execution_id: uuid.UUID, count: int) -> list[uuid.UUID]:
+        async def insert(worker: str, execution_id: uuid.UUID, count: int) -> list[uuid.UUID]:
             now = datetime.now(UTC)
             ids = [uuid.uuid4() for _ in range(count)]
+            at, expires = sqlite_time(now), sqlite_time(now + LEASE)
             rows = [
-                (
-                    item_id.hex,
-                    execution_id.hex,
-                    TURN_QUEUE,
-                    dumps(WORK_PAYLOAD),
-                    sqlite_time(now),
-                    worker,
-                    sqlite_time(now + LEASE),
-                    TENANT,
-                )
-                for item_id in ids
+                item.args(claimed_row(i.hex, execution_id.hex, worker, at, expires)) for i in ids
             ]
-            fill_conn.execute("BEGIN IMMEDIATE")
-            fill_conn.executemany(SQLITE_CLAIMED, rows)
-            fill_conn.execute("COMMIT")
+            in_transaction(fill_conn, lambda: fill_conn.executemany(item.sql, rows))
             return ids
 
-        for callers in (1, SQLITE_CALLERS):
-            contenders = turn_contenders(
-                store,
-                shares(executions, callers),
-                fill,
-                callers,
-                lambda items, c: sqlite_turner(gc, gc_conn, items, c),
-            )
-            cells.append(await measure("sqlite", "commit_turn", contenders, duration, callers))
+        def raw(_caller: int, item_id: uuid.UUID, _execution: uuid.UUID, worker: str) -> Any:
+            steps = turn.steps(item_id, worker, state_patch(worker))
+            return gc.run(partial(sqlite_run, gc_conn, steps))
+
+        return await turn_cells("sqlite", store, insert, raw, duration)
     finally:
         await gc.close()
         gc_conn.close()
         fill_conn.close()
-    return cells
 
 
-def turn_contenders(
-    store: StateStore,
-    own: Any,
-    fill: Any,
-    callers: int,
-    raw_turner: Callable[[ClaimedItems, int], Any],
-) -> list[Contender]:
-    """The store and raw contenders of a commit_turn cell, each settling its own claimed
-    items (topped up untimed before every run)."""
-    store_items = ClaimedItems(f"store{callers}", own, fill)
-    raw_items = ClaimedItems(f"raw{callers}", own, fill)
-    return [
-        Contender(
-            "store",
-            callers=[store_turner(store, store_items, c) for c in range(callers)],
-            prepare=store_items.top_up,
-        ),
-        Contender(
-            "raw",
-            callers=[raw_turner(raw_items, c) for c in range(callers)],
-            prepare=raw_items.top_up,
-        ),
-    ]
+def pg_raw_turn(store: StateStore) -> RawTurn:
+    """The raw turn for ``asyncpg``: UUIDs and aware datetimes as they are."""
+    return RawTurn(
+        compiled_turn(store.engine.dialect), lambda value: value, lambda: datetime.now(UTC)
+    )
 
 
 async def pg_turn_cells(url: str, store: StateStore, duration: float) -> list[Cell]:
-    executions = await turn_executions(store)
+    """raw: the turn on ``asyncpg``, a connection per worker; the claimed items copied in
+    on another."""
+    turn = pg_raw_turn(store)
+    item = compiled(store.engine.dialect)["insert_item"]
     async with contextlib.AsyncExitStack() as stack:
         conns: list[asyncpg.Connection] = []
         for _ in range(PG_WORKERS + 1):
@@ -472,32 +432,20 @@ async def pg_turn_cells(url: str, store: StateStore, duration: float) -> list[Ce
             stack.push_async_callback(conns[-1].close)
         fill_conn, workers = conns[0], conns[1:]
 
-        async def fill(worker: str, execution_id: uuid.UUID, count: int) -> list[uuid.UUID]:
+        async def insert(worker: str, execution_id: uuid.UUID, count: int) -> list[uuid.UUID]:
             now = datetime.now(UTC)
-            rows = await fill_conn.fetch(
-                PG_CLAIMED,
-                execution_id,
-                TURN_QUEUE,
-                dumps(WORK_PAYLOAD),
-                now,
-                worker,
-                now + LEASE,
-                TENANT,
-                count,
-            )
-            return [row[0] for row in rows]
+            ids = [uuid.uuid4() for _ in range(count)]
+            records = [
+                item.args(claimed_row(i, execution_id, worker, now, now + LEASE)) for i in ids
+            ]
+            columns = list(item.names)
+            await fill_conn.copy_records_to_table("work_items", records=records, columns=columns)
+            return ids
 
-        cells = []
-        for callers in (1, PG_WORKERS):
-            contenders = turn_contenders(
-                store,
-                shares(executions, callers),
-                fill,
-                callers,
-                lambda items, c: pg_turner(workers[c], items, c),
-            )
-            cells.append(await measure("postgresql", "commit_turn", contenders, duration, callers))
-    return cells
+        def raw(caller: int, item_id: uuid.UUID, _execution: uuid.UUID, worker: str) -> Any:
+            return pg_run(workers[caller], turn.steps(item_id, worker, state_patch(worker)))
+
+        return await turn_cells("postgresql", store, insert, raw, duration)
 
 
 # ------------------------------------------------------------------------------ 2. engine
@@ -1012,7 +960,7 @@ async def turn_statements(store: StateStore, execution_id: uuid.UUID, samples: i
         for _ in range(samples):
             item = await claimed(store, execution_id, "statements")
             seen.clear()
-            await commit_one(store, item, "statements")
+            await store_turn(store, item.id, item.execution_id, "statements", item.lease_fence)
             turns.append(list(seen))
     finally:
         for name, hook in hooks:
@@ -1027,24 +975,6 @@ async def claimed(store: StateStore, execution_id: uuid.UUID, worker: str) -> Wo
     item = await store.claim_work_item(worker, [worker])
     assert item is not None
     return item
-
-
-async def commit_one(store: StateStore, item: WorkItem, worker: str) -> None:
-    await store.commit_turn(
-        item.id,
-        worker_id=worker,
-        lease_fence=item.lease_fence,
-        events=[KIND],
-        state_patch=state_patch(worker),
-        enqueue=[
-            WorkItem(
-                execution_id=item.execution_id,
-                node_id="next",
-                queue_type=NEXT_QUEUE,
-                payload=WORK_PAYLOAD,
-            )
-        ],
-    )
 
 
 async def pg_round_trips(url: str, samples: int, result: RoundTrips) -> None:
@@ -1067,19 +997,21 @@ async def pg_round_trips(url: str, samples: int, result: RoundTrips) -> None:
             for sample in range(samples + 3):
                 item = await claimed(store, execution.execution_id, "wire")
                 before = counter.round_trips
-                await commit_one(store, item, "wire")
+                await store_turn(store, item.id, item.execution_id, "wire", item.lease_fence)
                 if sample >= 3:
                     counts.append(counter.round_trips - before)
             result.store = int(statistics.median(counts))
             result.statements = await turn_statements(store, execution.execution_id, 3)
+            turn = pg_raw_turn(store)
             conn = await asyncpg.connect(relayed)
             try:
                 counts = []
                 for sample in range(samples + 3):
                     item = await claimed(store, execution.execution_id, "wire-raw")
                     before = counter.round_trips
-                    await pg_turn(
-                        conn, item.id, item.execution_id, "wire-raw", state_patch("wire-raw")
+                    await pg_run(
+                        conn,
+                        turn.steps(item.id, "wire-raw", state_patch("wire-raw"), item.lease_fence),
                     )
                     if sample >= 3:
                         counts.append(counter.round_trips - before)
@@ -1210,23 +1142,6 @@ async def run(args: argparse.Namespace) -> Results:
 # ------------------------------------------------------------------------------ output
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(row: Sequence[str]) -> str:
-        cells = [
-            value.rjust(width) if right else value.ljust(width)
-            for value, width, right in zip(row, widths, numeric, strict=True)
-        ]
-        return "| " + " | ".join(cells) + " |"
-
-    rule = "|" + "|".join(
-        "-" * (width + 1) + ":" if right else "-" * (width + 2)
-        for width, right in zip(widths, numeric, strict=True)
-    )
-    return "\n".join([line(header), rule + "|", *(line(row) for row in rows)])
-
-
 def verdict(ratio: float | None, wanted: float) -> str:
     if ratio is None:
         return f"{wanted:g}x: -"
@@ -1317,10 +1232,10 @@ def trips_text(trips: RoundTrips, backends: Sequence[str]) -> str:
     if "postgresql" in backends and trips.store:
         lines.append(
             f"- PostgreSQL: one `commit_turn` (one event, a state patch, one successor) takes"
-            f" **{trips.store} round trips**; the raw transaction {trips.raw} (BEGIN, five"
-            f" statements, COMMIT). Counted on the wire by a relay between the client and the"
-            f" server (each Sync or simple Query the client sends is one round trip), the"
-            f" median of 5 turns after 3 untimed ones (prepared statements cached). The"
+            f" **{trips.store} round trips**; the raw transaction {trips.raw} (BEGIN,"
+            f" {RAW_STATEMENTS} statements, COMMIT). Counted on the wire by a relay between the"
+            f" client and the server (each Sync or simple Query the client sends is one round"
+            f" trip), the median of 5 turns after 3 untimed ones (prepared statements cached). The"
             f" store's statements, in order (a `before_cursor_execute` listener, a separate"
             f" run): {', '.join(trips.statements)}."
         )
@@ -1329,7 +1244,7 @@ def trips_text(trips: RoundTrips, backends: Sequence[str]) -> str:
         lines.append(
             f"- SQLite (no round trips: the turn is one writer operation, which joins group"
             f" commit): {len(inner)} statements in the writer's transaction, {', '.join(inner)};"
-            f" the raw transaction runs 5."
+            f" the raw transaction runs the same {RAW_STATEMENTS}."
         )
     return "\n".join(lines)
 
@@ -1402,13 +1317,17 @@ TURN_LEGEND = (
     f" callers: concurrent asyncio tasks on one store on SQLite, workers on PostgreSQL (the"
     f" store with a pool of {PG_WORKERS + 2}, raw with an `asyncpg` connection each); each"
     f" caller settles items of its own executions ({TURN_EXECUTIONS} split between them), so"
-    " no turn waits on another's execution row. raw = the same transaction by hand: lock the"
-    " execution row and read its state and status (`SELECT … FOR UPDATE` on PostgreSQL; on"
-    " SQLite the `BEGIN IMMEDIATE` write lock), settle the item with the store's fenced"
-    " `UPDATE work_items … WHERE id = ? AND status = 'claimed' AND worker_id = ? AND"
-    " lease_fence = ?`, bump `last_sequence` and write the merged state in one `UPDATE"
-    " workflow_executions … RETURNING last_sequence`, insert the event, insert the successor,"
-    " commit. SQLite raw runs through one thread with group commit (bench/run.py's gc layer:"
+    " no turn waits on another's execution row. raw = the same transaction through the bare"
+    f" driver, its {RAW_STATEMENTS} statements the store's own, compiled by the store"
+    " (bench/statements.py; a test checks they are among what the store sends for the"
+    " turn): lock the item's execution and read its state (`SELECT … FOR UPDATE OF"
+    " workflow_executions` on PostgreSQL; on SQLite under the `BEGIN IMMEDIATE` write lock),"
+    " settle the item with the fenced `UPDATE work_items … WHERE id = ? AND status ="
+    " 'claimed' AND worker_id = ? AND lease_fence = ?`, reserve the sequence and write the"
+    " merged state in one `UPDATE workflow_executions … RETURNING last_sequence`, insert the"
+    " event, insert the successor (`INSERT … SELECT` from its execution, which must take new"
+    " work), commit; what raw leaves out is the store's Python around them. SQLite raw runs"
+    " through one thread with group commit (bench/sqlite_raw.py's gc layer:"
     " up to 64 waiting calls in one transaction, a SAVEPOINT each; a lone call is one"
     " transaction); PostgreSQL raw is `asyncpg` with its statement cache. The claimed items"
     " are inserted untimed before every timed run. ratio = store turns/s / raw turns/s;"
@@ -1484,14 +1403,15 @@ def why_turn(results: Results) -> str:
     wire = f" (on PostgreSQL {trips.store} round trips against {trips.raw})" if trips.store else ""
     return (
         f"Where the gap to raw is: the store's turn sends {len(statements)} statements where"
-        f" raw sends 5{wire} — the execution locked through the item, the fenced settle, one"
-        " `UPDATE` of the execution for the sequences and the state, the events' `INSERT`,"
-        " the successor's `INSERT` — all on the precompiled driver path"
-        " (statestore/db/driver.py). What is left is the Python raw does not do: every"
-        " argument checked and encoded before the first statement (event kinds validated by"
-        " their models, JSON checked for size, depth and NaN), the merge patch, the tenant"
-        " scope, the successor's checks, the runner's task and typed results. On SQLite the"
-        " writer thread runs that Python under the GIL it shares with the event loop, so"
+        f" raw sends {RAW_STATEMENTS}{wire} — the execution locked through the item, the"
+        " fenced settle, one `UPDATE` of the execution for the sequences and the state, the"
+        " events' `INSERT`, the successor's `INSERT` — the same statements, all on the"
+        " precompiled driver path (statestore/db/driver.py). What is left is the Python raw"
+        " does not do: every argument checked and encoded before the first statement (event"
+        " kinds validated by their models, JSON checked for size, depth and NaN), the merge"
+        " patch, the tenant scope, the successor's checks, the runner's task and typed"
+        " results. On SQLite the writer thread runs that Python under the GIL it shares with"
+        " the event loop, so"
         " concurrent callers gain less than raw group commit does."
     )
 
