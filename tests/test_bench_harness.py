@@ -214,6 +214,43 @@ async def test_raw_sql_is_the_stores_compiled_sql(store: StateStore) -> None:
         event.remove(sqlalchemy.Engine, "before_cursor_execute", record)
 
 
+async def test_raw_turn_sql_is_the_stores_commit_turn(store: StateStore) -> None:
+    """The raw turn of bench/turns.py (bench/statements.py ``compiled_turn``) is, statement
+    for statement and in order, what the store sends for the same ``commit_turn``: a
+    claimed item settled, one event, a state patch and one successor."""
+    statements = load_bench_module("statements")
+    raw = statements.compiled_turn(store.engine.dialect)
+    execution = WorkflowExecution(workflow_id="w", workflow_version="1", status="running")
+    await store.create_execution(execution)
+    await store.enqueue_work_item(
+        WorkItem(execution_id=execution.execution_id, node_id="n", queue_type="q")
+    )
+    item = await store.claim_work_item("w-0", ["q"])
+    assert item is not None
+    kind = NodeCompleted(node_id="n", output={"k": 1}, state_patch={}, duration_ms=1)
+    successor = WorkItem(execution_id=execution.execution_id, node_id="next", queue_type="q2")
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        sent.append(statement)
+
+    event.listen(sqlalchemy.Engine, "before_cursor_execute", record)
+    try:
+        result = await store.commit_turn(
+            item.id,
+            worker_id="w-0",
+            lease_fence=item.lease_fence,
+            events=[kind],
+            state_patch={"n": {"done": True}},
+            enqueue=[successor],
+        )
+    finally:
+        event.remove(sqlalchemy.Engine, "before_cursor_execute", record)
+    assert len(result.sequences) == 1 and len(result.enqueued) == 1
+    assert [statement.sql for statement in raw.values()] == sent, (list(raw), sent)
+    assert list(raw) == list(statements.turn_catalogue())
+
+
 # The SQLite peers of `bench/run.py --peers` (the bench extra), as (operation, peer) rows.
 SQLITE_PEER_ROWS = {
     ("append_event", "eventsourcing recorder"),
