@@ -80,7 +80,17 @@ from common import (
     with_database,
     write_document,
 )
-from harness import AsyncOp, BenchError, Cell, Contender, WorkQueue, fmt_rate, fmt_us, measure
+from harness import (
+    ROUNDS,
+    AsyncOp,
+    BenchError,
+    Cell,
+    Contender,
+    WorkQueue,
+    fmt_rate,
+    fmt_us,
+    measure,
+)
 from render import table
 from run import DEFAULT_PG_ADMIN_URL
 from sqlalchemy import event
@@ -1331,8 +1341,9 @@ TURN_LEGEND = (
     " up to 64 waiting calls in one transaction, a SAVEPOINT each; a lone call is one"
     " transaction); PostgreSQL raw is `asyncpg` with its statement cache. The claimed items"
     " are inserted untimed before every timed run. ratio = store turns/s / raw turns/s;"
-    f" target: the issue's {TARGET_TURN}x. Method: as bench/run.py, a warm-up then 4 rounds"
-    f" alternating store and raw, {DEFAULT_DURATION:g} s per contender by default."
+    f" target: the issue's {TARGET_TURN}x. Method: as bench/run.py (bench/harness.py), a"
+    f" warm-up then {ROUNDS} rounds alternating store and raw, {DEFAULT_DURATION:g} s per"
+    " contender by default."
 )
 
 ENGINE_LEGEND = (

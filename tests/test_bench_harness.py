@@ -351,6 +351,7 @@ def test_turns_quick_run_writes_its_section(tmp_path: Path) -> None:
     else:
         assert engines["DBOS"][5] == "not run"
     assert "statements in the writer's transaction, SELECT work_items" in stdout
+    assert "the raw transaction runs the same 5." in stdout  # the store's statements
 
     document = written.read_text(encoding="utf-8")
     assert document.startswith("# Benchmarks\n\nkept\n")
