@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import sqlalchemy
 from sqlalchemy import event
@@ -249,6 +250,51 @@ async def test_raw_turn_sql_is_the_stores_commit_turn(store: StateStore) -> None
     assert len(result.sequences) == 1 and len(result.enqueued) == 1
     assert [statement.sql for statement in raw.values()] == sent, (list(raw), sent)
     assert list(raw) == list(statements.turn_catalogue())
+
+
+async def test_raw_turn_writes_what_the_store_reads(store: StateStore, database_url: str) -> None:
+    """The raw turn binds each value where the store would: run on the bare driver, the
+    store reads back its event, its state, the item completed and the successor."""
+    cells = load_bench_module("turns_cells")
+    execution = WorkflowExecution(workflow_id="w", workflow_version="1", status="running")
+    await store.create_execution(execution)
+    await store.enqueue_work_item(
+        WorkItem(execution_id=execution.execution_id, node_id="n", queue_type="q")
+    )
+    item = await store.claim_work_item("raw-0", ["q"])
+    assert item is not None
+    patch = {"n": {"done": True}}
+    raw = load_bench_module("statements").compiled_turn(store.engine.dialect)
+    if store.dialect == "sqlite":
+        sqlite_raw = load_bench_module("sqlite_raw")
+        turn = cells.RawTurn(raw, lambda value: value.hex, sqlite_raw.sqlite_now)
+        conn = sqlite_raw.sqlite_connect(Path(database_url.removeprefix("sqlite:///")))
+        try:
+            steps = turn.steps(item.id, "raw-0", patch, item.lease_fence)
+            sequence = sqlite_raw.in_transaction(conn, lambda: cells.sqlite_run(conn, steps))
+        finally:
+            conn.close()
+    else:
+        conn = await asyncpg.connect(database_url)
+        try:
+            turn = cells.pg_raw_turn(store)
+            sequence = await cells.pg_run(
+                conn, turn.steps(item.id, "raw-0", patch, item.lease_fence)
+            )
+        finally:
+            await conn.close()
+
+    assert sequence == 1
+    (written,) = await store.get_events(execution.execution_id)
+    assert (written.sequence, written.kind) == (1, cells.KIND)
+    after = await store.get_execution(execution.execution_id)
+    assert after is not None and after.current_state == patch
+    assert await store.latest_sequence(execution.execution_id) == 1
+    settled = await store.get_work_item(item.id)
+    assert settled is not None and settled.status == "completed"
+    successor = await store.claim_work_item("w-1", [cells.NEXT_QUEUE])
+    assert successor is not None and successor.execution_id == execution.execution_id
+    assert (successor.node_id, successor.payload) == ("next", cells.WORK_PAYLOAD)
 
 
 # The SQLite peers of `bench/run.py --peers` (the bench extra), as (operation, peer) rows.
