@@ -39,7 +39,7 @@ from typing import Any
 import asyncpg
 import otel
 import sqlalchemy
-from cells import KIND_JSON, KIND_TYPE, TENANT, WORK_PAYLOAD, target
+from cells import target
 from common import (
     code_version,
     command_line,
@@ -49,36 +49,9 @@ from common import (
     progress_bar,
     replace_blocks,
 )
-from harness import ROUNDS, BenchError, Cell, Contender, fmt_rate, fmt_us, measure
+from harness import ROUNDS, BenchError, Cell
 from pg_raw import bench_postgres
 from render import DEFAULT_JSON, blocks
-from sqlite_raw import GroupCommitThread, sqlite_connect, sqlite_now, sqlite_time
-from turns_sql import ITEM_COLUMNS, PG_SQL, SQLITE_FILL, SQLITE_SQL
-
-__all__ = [  # what bench/turns.py imports from here
-    "ITEM_COLUMNS",
-    "KIND_JSON",
-    "KIND_TYPE",
-    "PG_SQL",
-    "SQLITE_FILL",
-    "SQLITE_SQL",
-    "TENANT",
-    "WORK_PAYLOAD",
-    "BenchError",
-    "Cell",
-    "Contender",
-    "GroupCommitThread",
-    "code_version",
-    "command_line",
-    "cpu_model",
-    "fmt_rate",
-    "fmt_us",
-    "measure",
-    "nproc",
-    "sqlite_connect",
-    "sqlite_now",
-    "sqlite_time",
-]
 
 BACKENDS = ("sqlite", "postgresql")
 CELLS = {"sqlite": 10 + otel.available(), "postgresql": 9 + otel.available()}

@@ -8,7 +8,8 @@ sqlite3, ``$1`` for asyncpg), so what changes for the raw driver is only how the
 are passed: positionally, in the compiled statement's order (:meth:`RawStatement.args`),
 values in the driver's own form (encoded by the raw contender, not by the store's type
 processors). tests/test_bench_harness.py checks that every one of them is a statement the
-store sends for the operation.
+store sends for the operation: those of the hot-path cells (:func:`compiled`) and those of
+the turn bench/turns.py runs raw (:func:`compiled_turn`).
 """
 
 from __future__ import annotations
@@ -105,6 +106,30 @@ def catalogue(
     return statements
 
 
+def turn_catalogue() -> dict[str, tuple[Callable[..., Executable], bool, tuple[Hashable, ...]]]:
+    """The statements of ``commit_turn`` for a claimed item with one event, a state patch
+    and one successor, in the order the store sends them (statestore/repositories/turns.py),
+    by name: the builder, whether the store runs it confined to the tenant ``:p_tenant``,
+    and its shape. The same on both databases. The lock runs as the unscoped store's
+    statements do; then the turn acts for the item's tenant only, so the settle, the
+    execution's update and the successor's insert are confined to it, while the event's
+    insert is run as built (its tenant given)."""
+    return {
+        "lock": (queries._turn_lock, False, ()),
+        "settle": (queries._complete, True, (1, True, True)),
+        "advance": (queries._advance, True, (True,)),
+        "insert_event": (queries._insert, False, (EventRow,)),
+        "enqueue": (queries._enqueue, True, ()),
+    }
+
+
+def _raw(statement: DriverStatement, dialect: Dialect) -> RawStatement:
+    """``statement`` as the store's driver compiles it for ``dialect``."""
+    done = statement._compiled_for(dialect)
+    columns = () if done.row_type is None else done.row_type.__self__._fields  # type: ignore[attr-defined]
+    return RawStatement(done.sql, done.names, dict(done.defaults), tuple(columns))
+
+
 def compiled(dialect: Dialect) -> dict[str, RawStatement]:
     """The catalogue compiled for ``dialect`` (the store's: ``store.engine.dialect``)."""
     out = {}
@@ -113,10 +138,16 @@ def compiled(dialect: Dialect) -> dict[str, RawStatement]:
             statement = DriverStatement(build())
         else:
             statement = queries._prepared(build, False, *shape)
-        done = statement._compiled_for(dialect)
-        columns = () if done.row_type is None else done.row_type.__self__._fields  # type: ignore[attr-defined]
-        out[name] = RawStatement(done.sql, done.names, dict(done.defaults), tuple(columns))
+        out[name] = _raw(statement, dialect)
     return out
+
+
+def compiled_turn(dialect: Dialect) -> dict[str, RawStatement]:
+    """The turn's statements (:func:`turn_catalogue`) compiled for ``dialect``."""
+    return {
+        name: _raw(queries._prepared(build, scoped, *shape), dialect)
+        for name, (build, scoped, shape) in turn_catalogue().items()
+    }
 
 
 def bulk_completion(

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import sqlalchemy
 from sqlalchemy import event
@@ -214,6 +215,88 @@ async def test_raw_sql_is_the_stores_compiled_sql(store: StateStore) -> None:
         event.remove(sqlalchemy.Engine, "before_cursor_execute", record)
 
 
+async def test_raw_turn_sql_is_the_stores_commit_turn(store: StateStore) -> None:
+    """The raw turn of bench/turns.py (bench/statements.py ``compiled_turn``) is, statement
+    for statement and in order, what the store sends for the same ``commit_turn``: a
+    claimed item settled, one event, a state patch and one successor."""
+    statements = load_bench_module("statements")
+    raw = statements.compiled_turn(store.engine.dialect)
+    execution = WorkflowExecution(workflow_id="w", workflow_version="1", status="running")
+    await store.create_execution(execution)
+    await store.enqueue_work_item(
+        WorkItem(execution_id=execution.execution_id, node_id="n", queue_type="q")
+    )
+    item = await store.claim_work_item("w-0", ["q"])
+    assert item is not None
+    kind = NodeCompleted(node_id="n", output={"k": 1}, state_patch={}, duration_ms=1)
+    successor = WorkItem(execution_id=execution.execution_id, node_id="next", queue_type="q2")
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        sent.append(statement)
+
+    event.listen(sqlalchemy.Engine, "before_cursor_execute", record)
+    try:
+        result = await store.commit_turn(
+            item.id,
+            worker_id="w-0",
+            lease_fence=item.lease_fence,
+            events=[kind],
+            state_patch={"n": {"done": True}},
+            enqueue=[successor],
+        )
+    finally:
+        event.remove(sqlalchemy.Engine, "before_cursor_execute", record)
+    assert len(result.sequences) == 1 and len(result.enqueued) == 1
+    assert [statement.sql for statement in raw.values()] == sent, (list(raw), sent)
+    assert list(raw) == list(statements.turn_catalogue())
+
+
+async def test_raw_turn_writes_what_the_store_reads(store: StateStore, database_url: str) -> None:
+    """The raw turn binds each value where the store would: run on the bare driver, the
+    store reads back its event, its state, the item completed and the successor."""
+    cells = load_bench_module("turns_cells")
+    execution = WorkflowExecution(workflow_id="w", workflow_version="1", status="running")
+    await store.create_execution(execution)
+    await store.enqueue_work_item(
+        WorkItem(execution_id=execution.execution_id, node_id="n", queue_type="q")
+    )
+    item = await store.claim_work_item("raw-0", ["q"])
+    assert item is not None
+    patch = {"n": {"done": True}}
+    raw = load_bench_module("statements").compiled_turn(store.engine.dialect)
+    if store.dialect == "sqlite":
+        sqlite_raw = load_bench_module("sqlite_raw")
+        turn = cells.RawTurn(raw, lambda value: value.hex, sqlite_raw.sqlite_now)
+        conn = sqlite_raw.sqlite_connect(Path(database_url.removeprefix("sqlite:///")))
+        try:
+            steps = turn.steps(item.id, "raw-0", patch, item.lease_fence)
+            sequence = sqlite_raw.in_transaction(conn, lambda: cells.sqlite_run(conn, steps))
+        finally:
+            conn.close()
+    else:
+        conn = await asyncpg.connect(database_url)
+        try:
+            turn = cells.pg_raw_turn(store)
+            sequence = await cells.pg_run(
+                conn, turn.steps(item.id, "raw-0", patch, item.lease_fence)
+            )
+        finally:
+            await conn.close()
+
+    assert sequence == 1
+    (written,) = await store.get_events(execution.execution_id)
+    assert (written.sequence, written.kind) == (1, cells.KIND)
+    after = await store.get_execution(execution.execution_id)
+    assert after is not None and after.current_state == patch
+    assert await store.latest_sequence(execution.execution_id) == 1
+    settled = await store.get_work_item(item.id)
+    assert settled is not None and settled.status == "completed"
+    successor = await store.claim_work_item("w-1", [cells.NEXT_QUEUE])
+    assert successor is not None and successor.execution_id == execution.execution_id
+    assert (successor.node_id, successor.payload) == ("next", cells.WORK_PAYLOAD)
+
+
 # The SQLite peers of `bench/run.py --peers` (the bench extra), as (operation, peer) rows.
 SQLITE_PEER_ROWS = {
     ("append_event", "eventsourcing recorder"),
@@ -314,6 +397,7 @@ def test_turns_quick_run_writes_its_section(tmp_path: Path) -> None:
     else:
         assert engines["DBOS"][5] == "not run"
     assert "statements in the writer's transaction, SELECT work_items" in stdout
+    assert "the raw transaction runs the same 5." in stdout  # the store's statements
 
     document = written.read_text(encoding="utf-8")
     assert document.startswith("# Benchmarks\n\nkept\n")
