@@ -37,9 +37,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def pgbouncer(program: str, server_url: str) -> Iterator[int]:
+def pgbouncer(program: str, server_url: str, pool_size: int = POOL_SIZE) -> Iterator[int]:
     """Run PgBouncer in front of the server of ``server_url`` (any database on it, as the
-    URL's user, trusted) on a free loopback port; yields the port."""
+    URL's user, trusted) on a free loopback port, ``pool_size`` server connections per
+    database; yields the port."""
     server = make_url(server_url)
     user = server.username or "postgres"
     folder = Path(tempfile.mkdtemp(prefix="statestore-pgbouncer-"))
@@ -51,7 +52,7 @@ def pgbouncer(program: str, server_url: str) -> Iterator[int]:
         "[pgbouncer]\n"
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
         f"auth_type = trust\nauth_file = {folder / 'userlist.txt'}\n"
-        f"pool_mode = transaction\ndefault_pool_size = {POOL_SIZE}\n"
+        f"pool_mode = transaction\ndefault_pool_size = {pool_size}\n"
         "min_pool_size = 0\nreserve_pool_size = 0\nmax_client_conn = 1000\n"
         # A client stuck waiting for a server connection fails the test within seconds.
         "query_wait_timeout = 30\nlogfile =\npidfile =\n"

@@ -106,7 +106,7 @@ async def test_a_waiting_claim_is_woken_over_the_direct_url(make_store: Any) -> 
     await writer.create_execution(run)
     claim = asyncio.create_task(waiter.claim_work_item("w", ["q"], wait=20))
     waker = waiter._backend.waker
-    for _ in range(200):
+    for _ in range(400):  # the listener connects in the background: up to 10 s
         if waker.listener_pid is not None:
             break
         await asyncio.sleep(0.025)
