@@ -47,13 +47,17 @@ class Backend:
 
     async def write(self, op: Operation[T], scope: Scope) -> T:
         """One write transaction (see :meth:`Runner.write`), traced when OpenTelemetry is
-        installed (:mod:`statestore.telemetry`)."""
+        installed (:mod:`statestore.telemetry`); then the store's feed followers are woken
+        (:meth:`Waker.wrote`: the write may have appended events)."""
         await self._ready()
         if telemetry.ENABLED:
-            return await telemetry.traced(
+            result = await telemetry.traced(
                 self.runner.write, op, scope, db_system=self.config.dialect, write=True
             )
-        return await self.runner.write(op, scope)
+        else:
+            result = await self.runner.write(op, scope)
+        self.waker.wrote()
+        return result
 
     async def read(self, op: Operation[T], scope: Scope) -> T:
         """One read (see :meth:`Runner.read`), traced like :meth:`write`."""

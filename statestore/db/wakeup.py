@@ -12,6 +12,14 @@
 
 A wake-up is a hint: the woken waiter claims again, and if another worker took the item
 it goes back to waiting until its deadline.
+
+Feed followers (``iter_feed(follow=True)``, :meth:`Waker.following`) wait here too, apart
+from the claims, and each of them wakes on every signal: each commit of this store's SQLite
+writer, each change of the file by another process, each work notification on PostgreSQL
+(a turn or an enqueue committed), and :meth:`Waker.wrote`, called after each of this
+store's own PostgreSQL writes returns. Appends do not ``NOTIFY`` (docs/architecture.md,
+"The feed", says why): a follower on PostgreSQL sees another process's plain appends by
+its bounded poll.
 """
 
 from __future__ import annotations
@@ -62,6 +70,8 @@ class Waker:
         self._lock = threading.Lock()
         self.wakeups = 0
         """Signals received so far (for tests and monitoring)."""
+        self._followers: set[asyncio.Event] = set()
+        """The events of the feed followers (:meth:`following`)."""
 
     @property
     def reliable(self) -> bool:
@@ -85,14 +95,37 @@ class Waker:
     def signal(self, queue_type: str | None = None) -> None:
         """Wake the waiters for ``queue_type`` (every waiter if ``None``). On the loop."""
         self.wakeups += 1
+        for follower in self._followers:
+            follower.set()
         for waiter in self._waiters:
             if queue_type is None or queue_type in waiter.types:
                 waiter.event.set()
 
+    @contextlib.contextmanager
+    def following(self) -> Iterator[asyncio.Event]:
+        """Register a feed follower for the block: its event is set by every signal, of
+        whatever queue type (any commit may have appended events; clear it before each
+        read). Followers do not compete for anything, so each of them is woken."""
+        self._loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        self._followers.add(event)
+        self._start()
+        try:
+            yield event
+        finally:
+            self._followers.discard(event)
+
+    def wrote(self) -> None:
+        """One of this store's writes returned (on the loop): wake its feed followers. On
+        PostgreSQL only; on SQLite :meth:`committed` already did, after the COMMIT."""
+        if self._config.dialect == "postgresql":
+            for follower in self._followers:
+                follower.set()
+
     def committed(self) -> None:
         """A write transaction committed (any thread): wake every waiter."""
         loop = self._loop
-        if loop is None or not self._waiters or loop.is_closed():
+        if loop is None or not (self._waiters or self._followers) or loop.is_closed():
             return
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(self.signal)
@@ -126,7 +159,7 @@ class Waker:
         connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
             version = _data_version(connection)
-            while self._waiters:
+            while self._waiters or self._followers:
                 await asyncio.sleep(SQLITE_CHECK_S)
                 current = _data_version(connection)
                 if current != version:
