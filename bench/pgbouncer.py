@@ -43,7 +43,7 @@ from common import KIND, pg_admin, with_database
 from pgbouncer_server import executable, pgbouncer
 
 DEFAULT_URL = os.environ.get("STATESTORE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-DATABASE = "statestore_bench_pgbouncer"
+DATABASE = f"statestore_bench_pgbouncer_{os.getpid()}"
 ROUNDS = 5
 SETUPS = ("direct", "direct, no caches", "PgBouncer")
 OPERATIONS = ("append_event", "claim + complete", "get_execution", "raw point read")

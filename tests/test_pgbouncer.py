@@ -11,13 +11,16 @@ already exists" / "does not exist"). The queue and event tests also run through 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from conftest import PGBOUNCER, Clock
+from conftest import PG_ADMIN_URL, PGBOUNCER, Clock
 
 from statestore import (
     ConfigurationError,
@@ -230,3 +233,25 @@ async def test_an_sqlite_store_takes_no_direct_url(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="direct_url"):
         await StateStore.connect(f"sqlite:///{path}", direct_url="postgresql://h/db")
     assert not path.exists()  # refused before anything was created
+
+
+def test_the_bench_runs(pgbouncer_port: int) -> None:
+    """``bench/pgbouncer.py`` end to end with a few calls (it starts a PgBouncer of its own;
+    the fixture only makes this test skip, or fail under CI, like the others)."""
+    bench = Path(__file__).parents[1] / "bench" / "pgbouncer.py"
+    done = subprocess.run(
+        [sys.executable, str(bench), PG_ADMIN_URL, "5"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ.copy(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in rows[1:]] == [  # after the header
+        "| append_event",
+        "| claim + complete",
+        "| get_execution",
+        "| raw point read",
+    ]
