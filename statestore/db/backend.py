@@ -146,11 +146,14 @@ def open_backend(
     engine = create_user_engine(config, settings, engine_options)
     if config.dialect == "postgresql":
         return Backend(config, engine, PostgresRunner(engine))
-    writer = GroupCommitWriter(
-        create_sqlite_engine(config, settings, begin="BEGIN IMMEDIATE", pool_size=1)
+    writer_engine = create_sqlite_engine(
+        config, settings, begin="BEGIN IMMEDIATE", pool_size=1, engine_options=engine_options
     )
+    writer = GroupCommitWriter(writer_engine)
     pool = None
     if not config.is_memory:
-        reader_engine = create_sqlite_engine(config, settings, begin="BEGIN", pool_size=readers)
+        reader_engine = create_sqlite_engine(
+            config, settings, begin="BEGIN", pool_size=readers, engine_options=engine_options
+        )
         pool = ReaderPool(reader_engine, readers)
     return Backend(config, engine, SqliteRunner(writer, pool))
