@@ -4,9 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser demo test test-slow lint format bench bench-scale bench-turns clean
+.PHONY: install browser pgbouncer demo test test-slow lint format bench bench-scale bench-turns clean
 
-install: $(STAMP) browser
+install: $(STAMP) browser pgbouncer
 
 # The inspector's browser tests (tests/test_ui_browser.py) drive Debian's chromium through
 # Playwright (which downloads no browser here): installed with apt-get when missing. Where
@@ -18,6 +18,15 @@ browser:
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get \
 	    install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; \
 	} || echo "warning: chromium not installed; the browser tests will skip (fail under CI=true)"
+
+# tests/test_pgbouncer.py (and the queue and append tests' pgbouncer runs) start Debian's
+# pgbouncer in front of the test database: installed the same way, skipped or failed alike.
+pgbouncer:
+	@command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || { \
+	  echo "installing pgbouncer for the PgBouncer tests (apt-get)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get \
+	    install -y -qq --no-install-recommends pgbouncer >/dev/null; \
+	} || echo "warning: pgbouncer not installed; the PgBouncer tests will skip (fail under CI=true)"
 
 # Idempotent: makes .venv once, reinstalls only when pyproject.toml changes.
 $(STAMP): pyproject.toml

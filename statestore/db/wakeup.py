@@ -33,6 +33,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from statestore.db.engine import DatabaseConfig
+from statestore.errors import ConfigurationError
 
 WORK_CHANNEL = "statestore_work"
 """The PostgreSQL channel a claimable item is announced on (payload: its queue type)."""
@@ -144,7 +145,8 @@ class Waker:
         if self._closed or (self._task is not None and not self._task.done()):
             return
         if self._config.dialect == "postgresql":
-            self._task = asyncio.create_task(self._listen(), name="statestore-listener")
+            if self._config.session_url is not None:  # else: waiters poll (no LISTEN)
+                self._task = asyncio.create_task(self._listen(), name="statestore-listener")
         elif not self._config.is_memory:
             self._task = asyncio.create_task(self._watch(), name="statestore-change-check")
 
@@ -205,9 +207,16 @@ class Waker:
 
 def asyncpg_dsn(config: DatabaseConfig) -> str:
     """A DSN for a raw ``asyncpg.connect`` to the store's PostgreSQL database (the LISTEN
-    and maintenance-leader sessions): the store's URL with asyncpg's own option names
-    (``ssl`` back to ``sslmode``; SQLAlchemy's ``prepared_statement_cache_size`` dropped)."""
-    url = config.async_url.set(drivername="postgresql")
+    and maintenance-leader sessions): its session URL (:attr:`DatabaseConfig.session_url`)
+    with asyncpg's own option names (``ssl`` back to ``sslmode``; SQLAlchemy's
+    ``prepared_statement_cache_size`` dropped)."""
+    session_url = config.session_url
+    if session_url is None:
+        raise ConfigurationError(
+            "behind PgBouncer (pgbouncer=true) a session of its own needs direct_url, the "
+            "database without the transaction pooler (StateStore.connect(..., direct_url=...))"
+        )
+    url = session_url.set(drivername="postgresql")
     query = dict(url.query)
     query.pop("prepared_statement_cache_size", None)
     if "ssl" in query:
