@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -255,3 +256,58 @@ def test_the_bench_runs(pgbouncer_port: int) -> None:
         "| get_execution",
         "| raw point read",
     ]
+
+
+@through_pgbouncer
+async def test_cli_maintain_takes_the_direct_url(database_url: str, pg_url: str) -> None:
+    """``statestore maintain`` behind PgBouncer: refused without ``--direct-url`` (its
+    leader's lock would be a session lock on a pooled connection), and with it (here from
+    ``$STATESTORE_DIRECT_URL``) it leads and stops on SIGTERM."""
+    statestore = str(Path(sys.executable).with_name("statestore"))
+    refused = await asyncio.create_subprocess_exec(
+        statestore,
+        "maintain",
+        "--url",
+        database_url,
+        "--every",
+        "0.1",
+        env={k: v for k, v in os.environ.items() if k != "STATESTORE_DIRECT_URL"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(refused.communicate(), 60)
+    assert refused.returncode != 0
+    assert b"direct_url" in out + err
+    process = await asyncio.create_subprocess_exec(
+        statestore,
+        "maintain",
+        "--url",
+        database_url,
+        "--every",
+        "0.1",
+        env={**os.environ, "STATESTORE_DIRECT_URL": pg_url},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 30)
+    assert b"maintaining" in line
+    direct = await asyncpg.connect(pg_url.replace("postgresql://", "postgres://"))
+    try:
+        for _ in range(200):
+            held = await direct.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND classid = $1::int::oid AND database ="
+                " (SELECT oid FROM pg_database WHERE datname = current_database())",
+                MAINTENANCE_LOCK_KEY,
+            )
+            if held:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await direct.close()
+    assert held == 1  # the CLI's leader holds the lock on its direct session
+    process.send_signal(signal.SIGTERM)
+    out, err = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 0, err.decode()
+    assert b"maintenance stopped" in out

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
 URL_ENV_VAR = "STATESTORE_DATABASE_URL"
+DIRECT_URL_ENV_VAR = "STATESTORE_DIRECT_URL"
+"""The CLI's default ``--direct-url`` (PostgreSQL behind PgBouncer)."""
 DEFAULT_URL = "sqlite:///./statestore.db"
 
 ACCEPTED_SCHEMES = (
