@@ -47,9 +47,11 @@ format: install
 	$(BIN)/python -m ruff format .
 	$(BIN)/python -m ruff check --fix .
 
-# The bench extra (installed with dev) holds the peer libraries --peers measures.
+# The hot paths against the raw driver (and, with the bench extra installed with dev, the peer
+# libraries): figures saved in bench/results/run.json and rendered into the marked blocks of
+# docs/benchmarks.md (bench/render.py renders them again from the JSON).
 bench: install
-	$(BIN)/python bench/run.py --peers --write docs/benchmarks.md
+	$(BIN)/python bench/run.py --peers --json --write docs/benchmarks.md
 
 # Tables of a million rows and a million-event history (several minutes).
 bench-scale: install

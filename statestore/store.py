@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, aclosing
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
@@ -375,11 +375,15 @@ class StateStore:
         self, after: int = 0, *, follow: bool = False, batch: int = 500
     ) -> AsyncIterator[Event]:
         """Stream the feed after ``after``, ``batch`` (1..10000) per read. With ``follow``
-        it waits for new events (a bounded poll) instead of ending."""
-        async for event in feed.iter_feed(
-            self._backend, self._scope, self.events, after, follow, batch
-        ):
-            yield event
+        it waits for new events instead of ending: woken by the store's commits and (on
+        PostgreSQL) work notifications, with a bounded poll for the rest."""
+        # Closed with this generator, not when the collector finds it: a follower's waiter
+        # must not outlive the loop that left it.
+        async with aclosing(
+            feed.iter_feed(self._backend, self._scope, self.events, after, follow, batch)
+        ) as events:
+            async for event in events:
+                yield event
 
     async def save_checkpoint(self, consumer: str, position: int) -> None:
         """Save a feed consumer's position (per tenant; the unscoped store's is the

@@ -170,15 +170,29 @@ def install_sqlite_setup(
         connection.connection.dbapi_connection.execute(begin)
 
 
+LOGGING_OPTIONS = ("echo", "echo_pool", "hide_parameters", "logging_name", "pool_logging_name")
+"""Engine options about logging that the SQLite writer and reader engines take from the
+user's engine options: ``echo=True`` logs every statement the store sends, theirs too."""
+
+
 def create_sqlite_engine(
-    config: DatabaseConfig, settings: SqliteSettings, *, begin: str, pool_size: int
+    config: DatabaseConfig,
+    settings: SqliteSettings,
+    *,
+    begin: str,
+    pool_size: int,
+    engine_options: dict[str, Any] | None = None,
 ) -> Engine:
-    """A sync engine on the stdlib driver, for the store's writer or reader threads."""
+    """A sync engine on the stdlib driver, for the store's writer or reader threads (with
+    the logging options among ``engine_options``)."""
     assert config.sync_url is not None
     options: dict[str, Any] = {
         "connect_args": {"check_same_thread": False},
         "json_serializer": dump_json,
     }
+    for key in LOGGING_OPTIONS:
+        if engine_options and key in engine_options:
+            options[key] = engine_options[key]
     if config.is_memory:
         options["poolclass"] = StaticPool
     else:

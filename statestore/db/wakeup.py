@@ -16,6 +16,14 @@ would claim the same items (same tenant scope and queue types), not all of them:
 all would have every idle worker run a claim that all but one lose. The woken waiter
 passes the signal on to the next of its group when its claim came back full (there may be
 more) or when it leaves without claiming, so no claimable item is left with nobody awake.
+
+Feed followers (``iter_feed(follow=True)``, :meth:`Waker.following`) wait here too, apart
+from the claims, and each of them wakes on every signal: each commit of this store's SQLite
+writer, each change of the file by another process, each work notification on PostgreSQL
+(a turn or an enqueue committed), and :meth:`Waker.wrote`, called after each of this
+store's own PostgreSQL writes returns. Appends do not ``NOTIFY`` (docs/architecture.md,
+"The feed", says why): a follower on PostgreSQL sees another process's plain appends by
+its bounded poll.
 """
 
 from __future__ import annotations
@@ -68,6 +76,8 @@ class Waker:
         self._lock = threading.Lock()
         self.wakeups = 0
         """Signals received so far (for tests and monitoring)."""
+        self._followers: set[asyncio.Event] = set()
+        """The events of the feed followers (:meth:`following`)."""
 
     @property
     def reliable(self) -> bool:
@@ -94,11 +104,14 @@ class Waker:
             if waiter.event.is_set():  # woken, and gone without the claim it was woken for
                 self.pass_on(queue_types)
 
-    def signal(self, queue_type: str | None = None) -> None:
+    def signal(self, queue_type: str | None = None, *, everyone: bool = False) -> None:
         """Items of ``queue_type`` (of any type if ``None``) may be claimable: wake one waiter
-        of each group concerned. On the loop."""
+        of each group concerned (``everyone``: every waiter), and every feed follower. On
+        the loop."""
         self.wakeups += 1
-        self._wake(lambda types: queue_type is None or queue_type in types)
+        for follower in self._followers:
+            follower.set()
+        self._wake(lambda types: queue_type is None or queue_type in types, everyone)
 
     def pass_on(self, queue_types: Sequence[str]) -> None:
         """A woken waiter claimed a full batch (more may be there), or left without
@@ -115,10 +128,31 @@ class Waker:
                 if not everyone:
                     awake.add(waiter.group)
 
+    @contextlib.contextmanager
+    def following(self) -> Iterator[asyncio.Event]:
+        """Register a feed follower for the block: its event is set by every signal, of
+        whatever queue type (any commit may have appended events; clear it before each
+        read). Followers do not compete for anything, so each of them is woken."""
+        self._loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        self._followers.add(event)
+        self._start()
+        try:
+            yield event
+        finally:
+            self._followers.discard(event)
+
+    def wrote(self) -> None:
+        """One of this store's writes returned (on the loop): wake its feed followers. On
+        PostgreSQL only; on SQLite :meth:`committed` already did, after the COMMIT."""
+        if self._config.dialect == "postgresql":
+            for follower in self._followers:
+                follower.set()
+
     def committed(self) -> None:
         """A write transaction committed (any thread): wake one waiter of each group."""
         loop = self._loop
-        if loop is None or not self._waiters or loop.is_closed():
+        if loop is None or not (self._waiters or self._followers) or loop.is_closed():
             return
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(self.signal)
@@ -151,7 +185,7 @@ class Waker:
         connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
             version = _data_version(connection)
-            while self._waiters:
+            while self._waiters or self._followers:
                 await asyncio.sleep(SQLITE_CHECK_S)
                 current = _data_version(connection)
                 if current != version:
@@ -192,7 +226,7 @@ class Waker:
                     connection.terminate()
             if self._closed:
                 return
-            self._wake(lambda _types: True, everyone=True)  # all fall back to polling
+            self.signal(everyone=True)  # all fall back to polling
             await asyncio.sleep(RECONNECT_S[min(failures, len(RECONNECT_S) - 1)])
             failures += 1
 
