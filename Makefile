@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser pgbouncer demo test test-slow lint format bench bench-scale bench-turns clean
+.PHONY: install browser pgbouncer demo test test-slow lint format bench bench-scale bench-turns bench-wakeup clean
 
 install: $(STAMP) browser pgbouncer
 
@@ -70,6 +70,12 @@ bench-scale: install
 # the round trips of a turn (about a minute; PostgreSQL at $STATESTORE_BENCH_PG_URL).
 bench-turns: install
 	$(BIN)/python bench/turns.py --write docs/benchmarks.md
+
+# Enqueue-to-pickup latency of waiting workers and the load of idle ones: the store on
+# SQLite, and on PostgreSQL beside pgqueuer and procrastinate (about 1.5 minutes;
+# PostgreSQL at $STATESTORE_BENCH_PG_URL).
+bench-wakeup: install
+	$(BIN)/python bench/wakeup.py --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build

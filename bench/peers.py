@@ -578,14 +578,14 @@ class PgScratch:
 
 
 @contextlib.asynccontextmanager
-async def pg_scratch(admin_url: str) -> AsyncIterator[PgScratch]:
-    """A fresh ``statestore_bench_peers`` database, dropped afterwards."""
+async def pg_scratch(admin_url: str, database: str = PG_DATABASE) -> AsyncIterator[PgScratch]:
+    """A fresh database (``statestore_bench_peers`` unless named), dropped afterwards."""
     await pg_admin(
         admin_url,
-        f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)",
-        f"CREATE DATABASE {PG_DATABASE}",
+        f"DROP DATABASE IF EXISTS {database} WITH (FORCE)",
+        f"CREATE DATABASE {database}",
     )
-    url = with_database(admin_url, PG_DATABASE)
+    url = with_database(admin_url, database)
     try:
         conn = await asyncpg.connect(url)
         try:
@@ -594,7 +594,7 @@ async def pg_scratch(admin_url: str) -> AsyncIterator[PgScratch]:
         finally:
             await conn.close()
     finally:
-        await pg_admin(admin_url, f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)")
+        await pg_admin(admin_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
 async def pg_eventsourcing(scratch: PgScratch, duration: float, out: list[PeerCell]) -> None:

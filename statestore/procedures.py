@@ -82,13 +82,17 @@ async def claim_waiting(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     waker = backend.waker
-    with waker.waiting(queue_types) as woken:
+    waited = False
+    with waker.waiting(queue_types, scope) as woken:
         while True:
             woken.clear()  # before the claim: a commit after it wakes the wait below
             items = await backend.write(claim, scope)
+            if waited and len(items) == limit:
+                woken.set()  # there may be more: leaving with it set wakes the next waiter
             remaining = deadline - loop.time()
             if items or remaining <= 0:
                 return items
+            waited = True
             due = await backend.read(Call(queue.next_due, (queue_types,)), scope)
             timeout = remaining
             if due is not None:

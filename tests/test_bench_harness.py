@@ -409,3 +409,38 @@ def test_turns_quick_run_writes_its_section(tmp_path: Path) -> None:
     rewritten = written.read_text(encoding="utf-8")
     assert rewritten.startswith("# Benchmarks\n\nrewritten\n") and "kept" not in rewritten
     assert rewritten.count("## Atomic turns") == 1 and rewritten.count(scale) == 1
+
+
+def test_wakeup_run_measures_the_store_and_its_peers(tmp_path: Path) -> None:
+    """bench/wakeup.py at a small size: the store on SQLite (in-process and cross-process)
+    and on PostgreSQL beside pgqueuer and procrastinate (those installed), and its section
+    replaced in an existing document with the sections around it kept."""
+    from conftest import PG_ADMIN_URL
+
+    written = tmp_path / "benchmarks.md"
+    written.write_text(
+        "# Benchmarks\n\nkept\n\n## Waking waiting workers\n\nold\n\n## The feed\n\nkept too\n",
+        encoding="utf-8",
+    )
+    args = ("--rounds", "5", "--idle-seconds", "0", "--pg-url", PG_ADMIN_URL)
+    stdout = run_bench("wakeup.py", *args, "--write", str(written))
+
+    rows = {(row[0], row[1].split(" ")[0]): row for row in table_rows(stdout)}
+    peers = [name for name in ("pgqueuer", "procrastinate") if importlib.util.find_spec(name)]
+    expected = {("SQLite file", "store"), ("PostgreSQL", "store")}
+    assert set(rows) == expected | {("PostgreSQL", name) for name in peers}
+    latency = r"\d+\.\d / \d+\.\d ms"
+    for (database, contender), row in rows.items():
+        assert re.fullmatch(latency, row[2]), row
+        if contender == "store":  # the store alone is also measured across processes
+            assert re.fullmatch(latency, row[3]), row
+        else:
+            assert row[3] == "-", row
+        idle = "not measured" if database == "PostgreSQL" else "no transactions"  # --idle 0
+        assert row[4].startswith(idle), row
+    assert re.search(r"PostgreSQL p50 ≤ 5 ms: (met|missed)", stdout)
+    assert re.search(r"SQLite in-process p50 ≤ 2 ms: (met|missed)", stdout)
+    document = written.read_text(encoding="utf-8")
+    assert document.startswith("# Benchmarks\n\nkept\n\n## Waking waiting workers\n")
+    assert document.endswith("## The feed\n\nkept too\n") and "old" not in document
+    assert document.count("## Waking waiting workers") == 1 and "--rounds 5" in document

@@ -11,7 +11,11 @@
   every :data:`FALLBACK_POLL_S` seconds.
 
 A wake-up is a hint: the woken waiter claims again, and if another worker took the item
-it goes back to waiting until its deadline.
+it goes back to waiting until its deadline. A signal wakes one waiter of each group that
+would claim the same items (same tenant scope and queue types), not all of them: waking
+all would have every idle worker run a claim that all but one lose. The woken waiter
+passes the signal on to the next of its group when its claim came back full (there may be
+more) or when it leaves without claiming, so no claimable item is left with nobody awake.
 
 Feed followers (``iter_feed(follow=True)``, :meth:`Waker.following`) wait here too, apart
 from the claims, and each of them wakes on every signal: each commit of this store's SQLite
@@ -29,7 +33,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 from statestore.db.engine import DatabaseConfig
@@ -48,11 +52,13 @@ _log = logging.getLogger("statestore")
 
 
 class _Waiter:
-    __slots__ = ("event", "types")
+    __slots__ = ("event", "group", "types")
 
-    def __init__(self, types: frozenset[str]) -> None:
+    def __init__(self, types: frozenset[str], group: Hashable) -> None:
         self.event = asyncio.Event()
         self.types = types
+        self.group = group
+        """Waiters of one group would claim the same items: a signal wakes one of them."""
 
 
 class Waker:
@@ -60,7 +66,8 @@ class Waker:
 
     def __init__(self, config: DatabaseConfig) -> None:
         self._config = config
-        self._waiters: set[_Waiter] = set()
+        self._waiters: dict[_Waiter, None] = {}
+        """In the order they started waiting: the longest waiting is woken first."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._listening = False
@@ -79,27 +86,48 @@ class Waker:
         return self._config.dialect != "postgresql" or self._listening
 
     @contextlib.contextmanager
-    def waiting(self, queue_types: Sequence[str]) -> Iterator[asyncio.Event]:
-        """Register a waiter for ``queue_types`` for the block; its event is set by each
-        signal that may concern it (clear it before each claim, so none is missed)."""
+    def waiting(
+        self, queue_types: Sequence[str], scope: Hashable = None
+    ) -> Iterator[asyncio.Event]:
+        """Register a waiter for ``queue_types`` (claiming in ``scope``) for the block; its
+        event is set when it should claim (clear it before each claim, so none is missed).
+        Leaving the block with the event set passes the wake-up on."""
         loop = asyncio.get_running_loop()
         self._loop = loop
-        waiter = _Waiter(frozenset(queue_types))
-        self._waiters.add(waiter)
+        types = frozenset(queue_types)
+        waiter = _Waiter(types, (scope, types))
+        self._waiters[waiter] = None
         self._start()
         try:
             yield waiter.event
         finally:
-            self._waiters.discard(waiter)
+            del self._waiters[waiter]
+            if waiter.event.is_set():  # woken, and gone without the claim it was woken for
+                self.pass_on(queue_types)
 
-    def signal(self, queue_type: str | None = None) -> None:
-        """Wake the waiters for ``queue_type`` (every waiter if ``None``). On the loop."""
+    def signal(self, queue_type: str | None = None, *, everyone: bool = False) -> None:
+        """Items of ``queue_type`` (of any type if ``None``) may be claimable: wake one waiter
+        of each group concerned (``everyone``: every waiter), and every feed follower. On
+        the loop."""
         self.wakeups += 1
         for follower in self._followers:
             follower.set()
+        self._wake(lambda types: queue_type is None or queue_type in types, everyone)
+
+    def pass_on(self, queue_types: Sequence[str]) -> None:
+        """A woken waiter claimed a full batch (more may be there), or left without
+        claiming: wake the next waiter of each group that claims any of ``queue_types``."""
+        self._wake(lambda types: not types.isdisjoint(queue_types))
+
+    def _wake(self, concerns: Callable[[frozenset[str]], bool], everyone: bool = False) -> None:
+        # A group with a waiter already woken needs no other: that waiter's claim comes
+        # after this commit, and it passes on if there is more.
+        awake = set() if everyone else {w.group for w in self._waiters if w.event.is_set()}
         for waiter in self._waiters:
-            if queue_type is None or queue_type in waiter.types:
+            if waiter.group not in awake and concerns(waiter.types):
                 waiter.event.set()
+                if not everyone:
+                    awake.add(waiter.group)
 
     @contextlib.contextmanager
     def following(self) -> Iterator[asyncio.Event]:
@@ -123,7 +151,7 @@ class Waker:
                 follower.set()
 
     def committed(self) -> None:
-        """A write transaction committed (any thread): wake every waiter."""
+        """A write transaction committed (any thread): wake one waiter of each group."""
         loop = self._loop
         if loop is None or not (self._waiters or self._followers) or loop.is_closed():
             return
@@ -200,7 +228,7 @@ class Waker:
                     connection.terminate()
             if self._closed:
                 return
-            self.signal()  # waiters fall back to polling
+            self.signal(everyone=True)  # all fall back to polling
             await asyncio.sleep(RECONNECT_S[min(failures, len(RECONNECT_S) - 1)])
             failures += 1
 
