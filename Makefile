@@ -4,9 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser demo test test-slow lint format bench bench-scale bench-turns bench-capacity clean
+.PHONY: install browser pgbouncer demo test test-slow lint format bench bench-scale bench-turns bench-wakeup bench-capacity clean
 
-install: $(STAMP) browser
+install: $(STAMP) browser pgbouncer
 
 # The inspector's browser tests (tests/test_ui_browser.py) drive Debian's chromium through
 # Playwright (which downloads no browser here): installed with apt-get when missing. Where
@@ -18,6 +18,15 @@ browser:
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get \
 	    install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; \
 	} || echo "warning: chromium not installed; the browser tests will skip (fail under CI=true)"
+
+# tests/test_pgbouncer.py (and the queue and append tests' pgbouncer runs) start Debian's
+# pgbouncer in front of the test database: installed the same way, skipped or failed alike.
+pgbouncer:
+	@command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || { \
+	  echo "installing pgbouncer for the PgBouncer tests (apt-get)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get \
+	    install -y -qq --no-install-recommends pgbouncer >/dev/null; \
+	} || echo "warning: pgbouncer not installed; the PgBouncer tests will skip (fail under CI=true)"
 
 # Idempotent: makes .venv once, reinstalls only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -47,9 +56,11 @@ format: install
 	$(BIN)/python -m ruff format .
 	$(BIN)/python -m ruff check --fix .
 
-# The bench extra (installed with dev) holds the peer libraries --peers measures.
+# The hot paths against the raw driver (and, with the bench extra installed with dev, the peer
+# libraries): figures saved in bench/results/run.json and rendered into the marked blocks of
+# docs/benchmarks.md (bench/render.py renders them again from the JSON).
 bench: install
-	$(BIN)/python bench/run.py --peers --write docs/benchmarks.md
+	$(BIN)/python bench/run.py --peers --json --write docs/benchmarks.md
 
 # Tables of a million rows and a million-event history (several minutes).
 bench-scale: install
@@ -59,6 +70,12 @@ bench-scale: install
 # the round trips of a turn (about a minute; PostgreSQL at $STATESTORE_BENCH_PG_URL).
 bench-turns: install
 	$(BIN)/python bench/turns.py --write docs/benchmarks.md
+
+# Enqueue-to-pickup latency of waiting workers and the load of idle ones: the store on
+# SQLite, and on PostgreSQL beside pgqueuer and procrastinate (about 1.5 minutes;
+# PostgreSQL at $STATESTORE_BENCH_PG_URL).
+bench-wakeup: install
+	$(BIN)/python bench/wakeup.py --write docs/benchmarks.md
 
 # Capacity curve on PostgreSQL: append and claim+complete with 1, 2, 4, 8 and 16 worker
 # processes, the store against raw asyncpg on the same SQL (about 4 minutes; the server at

@@ -1,8 +1,14 @@
-"""What the benchmark scripts share: the event they write, JSON text, timing, output."""
+"""What the benchmark scripts share: the event they write, JSON text, timing, output, where a
+run ran, and writing their sections of docs/benchmarks.md."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
+import shlex
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -198,10 +204,82 @@ def write_document(
         if block:
             body = body.replace(block, "")
     blocks = [
-        block
+        kept
         for name in SECTIONS
-        if (block := given[name] if given[name] is not None else section_block(existing, name))
+        if (kept := given[name] if given[name] is not None else section_block(existing, name))
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     body = body.rstrip("\n") + "\n"
-    path.write_text(body + "".join("\n" + block for block in blocks), encoding="utf-8")
+    path.write_text(body + "".join("\n" + kept for kept in blocks), encoding="utf-8")
+
+
+# ------------------------------------------------------------------ where a run ran
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for text in cpuinfo:
+                if text.startswith("model name"):
+                    return text.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def nproc() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 0
+
+
+def command_line() -> str:
+    """This process's command line, the interpreter relative to the working directory."""
+    python = Path(sys.executable)
+    try:
+        shown = str(python.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(python)
+    return shlex.join([shown, *sys.argv])
+
+
+def code_version() -> str:
+    """The commit the store was measured at, and whether its code had local changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "statestore", "alembic"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "an unknown commit"
+    return f"commit {commit}" + (" with uncommitted changes to the store" if dirty else "")
+
+
+def replace_blocks(path: Path, blocks: dict[str, str]) -> None:
+    """Write each ``blocks[name]`` between the ``<!-- name -->`` and ``<!-- /name -->``
+    markers of ``path``, leaving everything outside them as it is; a block the document
+    does not hold yet is added at its end (a new document starts with a title)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    for name, content in blocks.items():
+        begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+        block = f"{begin}\n{content.strip()}\n{end}"
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            text = head + block + rest.split(end, 1)[1]
+        else:
+            text = text.rstrip("\n") + f"\n\n{block}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")

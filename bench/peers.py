@@ -35,7 +35,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -50,22 +50,21 @@ from common import (
     fmt_ratio,
     pg_admin,
     progress,
-    timed_calls,
     with_database,
 )
+from harness import ROUNDS, Contender, measure
 
 from statestore import Event, StateStore, WorkflowDefinition, WorkflowExecution, WorkItem
 
 AsyncOp = Callable[[], Awaitable[object]]
 SyncOp = Callable[[], object]
-Runner = Callable[[float, "Timing"], Awaitable[None]]
-"""Runs one side of a cell for the given seconds and adds what it did to the timing."""
+Runner = Contender
+"""One side of a cell, its label given by :func:`compare`."""
 
 DEFAULT_PG_ADMIN_URL = os.environ.get(
     "STATESTORE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 PG_DATABASE = "statestore_bench_peers"
-ROUNDS = 4
 EVENTS_PER_READ = 100
 CLAIM_BATCH = 100
 FILL_CHUNK = 1000
@@ -132,51 +131,26 @@ def async_loop(
 ) -> Runner:
     """A side that awaits ``op`` again and again until its time is up, each call timed;
     ``before`` runs untimed first (e.g. a queue top-up)."""
-
-    async def run(seconds: float, into: Timing) -> None:
-        if before is not None:
-            await before(seconds)
-        start = time.perf_counter_ns()
-        deadline = start + int(seconds * 1e9)
-        calls, end = await timed_calls(op, deadline, into.latencies_ns)
-        into.calls += calls
-        into.items += calls * items
-        into.elapsed_ns += end - start
-
-    return run
+    return Contender("", async_op=op, prepare=before, items_per_call=items)
 
 
 def sync_loop(
     op: SyncOp, *, items: int = 1, before: Callable[[float], Awaitable[None]] | None = None
 ) -> Runner:
     """:func:`async_loop` for a synchronous peer, called directly on the event-loop thread."""
-
-    async def call() -> None:
-        op()
-
-    return async_loop(call, items=items, before=before)
+    return Contender("", sync_op=op, prepare=before, items_per_call=items)
 
 
 async def compare(
     backend: str, operation: str, peer: str, store_side: Runner, peer_side: Runner, duration: float
 ) -> tuple[Timing, Timing]:
-    """Warm both sides up, then run each for ``duration`` in total, in alternating rounds.
-    Returns (store, peer)."""
-    warmup = min(0.2, max(0.05, duration / 5))
-    await store_side(warmup, Timing())
-    await peer_side(warmup, Timing())
-    store, other = Timing(), Timing()
-    sides = [(store_side, store), (peer_side, other)]
-    for round_no in range(ROUNDS):
-        for run, timing in sides if round_no % 2 == 0 else sides[::-1]:
-            await run(duration / ROUNDS, timing)
-    for label, timing in (("store", store), (peer, other)):
-        p50, p99 = (fmt_us(timing.percentile_us(p)) for p in (50, 99))
-        progress(
-            f"  {backend:<10} {operation:<20} {label:<28} {timing.ops_s:>9,.0f} ops/s"
-            f"  p50 {p50:>7} µs  p99 {p99:>7} µs"
-        )
-    return store, other
+    """The store and the peer measured like a cell of the main table (bench/harness.py): a
+    warm-up, then alternating rounds. Returns (store, peer)."""
+    sides = [replace(store_side, label="store"), replace(peer_side, label=peer)]
+    cell = await measure(backend, operation, sides, duration)
+    if cell.errors():
+        raise RuntimeError("; ".join(cell.errors()))
+    return cell.timings["store"], cell.timings[peer]
 
 
 # ------------------------------------------------------------------------------ cells
@@ -604,14 +578,14 @@ class PgScratch:
 
 
 @contextlib.asynccontextmanager
-async def pg_scratch(admin_url: str) -> AsyncIterator[PgScratch]:
-    """A fresh ``statestore_bench_peers`` database, dropped afterwards."""
+async def pg_scratch(admin_url: str, database: str = PG_DATABASE) -> AsyncIterator[PgScratch]:
+    """A fresh database (``statestore_bench_peers`` unless named), dropped afterwards."""
     await pg_admin(
         admin_url,
-        f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)",
-        f"CREATE DATABASE {PG_DATABASE}",
+        f"DROP DATABASE IF EXISTS {database} WITH (FORCE)",
+        f"CREATE DATABASE {database}",
     )
-    url = with_database(admin_url, PG_DATABASE)
+    url = with_database(admin_url, database)
     try:
         conn = await asyncpg.connect(url)
         try:
@@ -620,7 +594,7 @@ async def pg_scratch(admin_url: str) -> AsyncIterator[PgScratch]:
         finally:
             await conn.close()
     finally:
-        await pg_admin(admin_url, f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)")
+        await pg_admin(admin_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
 async def pg_eventsourcing(scratch: PgScratch, duration: float, out: list[PeerCell]) -> None:
@@ -752,7 +726,7 @@ async def pg_procrastinate(scratch: PgScratch, duration: float, out: list[PeerCe
         await app.schema_manager.apply_schema_async()
         async with store_rig(scratch.url) as rig:
             rig.backlog = store_backlog(rig, 2_000, vacuum=scratch.vacuum("work_items"))
-            sides = {ENQUEUE: async_loop(defer), CLAIM: drain}
+            sides = {ENQUEUE: async_loop(defer), CLAIM: Contender("", runner=drain)}
             await measure_rows(
                 "postgresql", PROC, rig, sides, scratch.synchronous_commit, duration, out
             )

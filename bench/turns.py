@@ -1,29 +1,35 @@
-"""Atomic turns benchmark: ``commit_turn`` against the same transaction written raw, an engine
+"""Atomic turns benchmark: ``commit_turn`` against its own statements run raw, an engine
 on turns against the same engine on today's separate calls and against DBOS, and the
 PostgreSQL round trips of one turn, all in one run.
 
-1. **commit_turn** (1 caller; 16 concurrent callers on SQLite, 8 workers on PostgreSQL).
-   ``store``: ``StateStore.commit_turn`` of a claimed item with one event (~200 B of JSON),
-   a state merge patch and one successor item. ``raw``: the same transaction by hand through
-   the bare driver: lock the execution row (reading its state and status), settle the item
-   with a fenced ``UPDATE``, bump ``last_sequence`` and write the merged state in one
-   ``UPDATE``, insert the event, insert the successor, commit. SQLite: stdlib ``sqlite3``
-   behind one thread hop with group commit (bench/run.py's ``gc`` layer: up to 64 waiting
-   calls in one ``BEGIN IMMEDIATE … COMMIT``, a SAVEPOINT each; one caller: one transaction
-   per call). PostgreSQL: ``asyncpg``, a connection per worker. The claimed items are
-   inserted untimed before every timed run; only the turn is timed.
-2. **Engine.** A workflow of five nodes per execution, run end to end by 4 workers:
-   ``turns``, each step one claim and ONE ``commit_turn``; ``separate calls``, the same
-   engine on the calls an engine had before turns (claim, renew, append events, patch the
-   state, complete, enqueue: six transactions per step); and ``DBOS`` (a workflow of five
-   steps), in a subprocess per backend since DBOS is a process-wide singleton.
-3. **Round trips.** The client messages that wait for a reply (extended-protocol Sync and
-   simple Query), counted by a relay between the client and PostgreSQL, for one
-   ``commit_turn`` and for the raw transaction; and the statements of one turn (a
-   ``before_cursor_execute`` listener on ``store.engine.sync_engine``, a separate run).
+1. **commit_turn** (bench/turns_cells.py; 1 caller, and 16 concurrent callers on SQLite,
+   8 workers on PostgreSQL). ``store``: ``StateStore.commit_turn`` of a claimed item with
+   one event (~200 B of JSON), a state merge patch and one successor item. ``raw``: the
+   same transaction through the bare driver, its statements the store's own
+   (bench/statements.py ``compiled_turn``; a test checks they are what the store sends):
+   lock the item's execution (reading its state), settle the item with the fenced
+   ``UPDATE``, reserve the sequence and write the merged state in one ``UPDATE``, insert
+   the event, insert the successor, commit. SQLite: stdlib ``sqlite3`` behind one thread
+   hop with group commit (bench/sqlite_raw.py's ``gc`` layer: up to 64 waiting calls in
+   one ``BEGIN IMMEDIATE … COMMIT``, a SAVEPOINT each; one caller: one transaction per
+   call). PostgreSQL: ``asyncpg``, a connection per worker. The claimed items are inserted
+   untimed before every timed run; only the turn is timed, as every cell of bench/run.py
+   (bench/harness.py: a warm-up, then rounds alternating the contenders).
+2. **Engine** (bench/turns_engines.py). A workflow of five nodes per execution, run end to
+   end by 4 workers: ``turns``, each step one claim and ONE ``commit_turn``; ``separate
+   calls``, the same engine on the calls an engine had before turns (claim, renew, append
+   events, patch the state, complete, enqueue: six transactions per step); and ``DBOS`` (a
+   workflow of five steps), in a subprocess per backend since DBOS is a process-wide
+   singleton. Each engine runs a fixed number of executions, not a fixed time, so that the
+   bench can check afterwards that every one completed and no item was left behind.
+3. **Round trips** (bench/turns_wire.py). The client messages that wait for a reply
+   (extended-protocol Sync and simple Query), counted by a relay between the client and
+   PostgreSQL, for one ``commit_turn`` and for the raw transaction; and the statements of
+   one turn (a ``before_cursor_execute`` listener, a separate run).
 
-``--write`` puts the section into docs/benchmarks.md between the ``<!-- turns -->``
-markers (bench/run.py and bench/scale.py keep it when they rewrite the document).
+This module runs the three and writes the section: ``--write`` puts it into
+docs/benchmarks.md between the ``<!-- turns -->`` markers (bench/run.py and bench/scale.py
+keep it when they rewrite the document).
 
 Usage::
 
@@ -36,87 +42,63 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
-import contextlib
-import importlib.metadata
-import json
 import os
 import platform
-import re
 import sqlite3
-import statistics
-import struct
 import sys
 import tempfile
-import threading
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import sqlalchemy
+from cells import KIND_JSON, PG_WORKERS
 from common import (
-    KIND,
     TURNS_BEGIN,
     TURNS_END,
-    check,
+    code_version,
+    command_line,
+    cpu_model,
     dumps,
     fmt_ratio,
+    nproc,
     pg_admin,
     progress,
     with_database,
     write_document,
 )
-from run import (
-    ITEM_COLUMNS,
-    KIND_JSON,
-    KIND_TYPE,
-    PG_SQL,
-    SQLITE_FILL,
-    SQLITE_SQL,
-    TENANT,
-    WORK_PAYLOAD,
-    BenchError,
-    Cell,
-    Contender,
-    GroupCommitThread,
-    code_version,
-    command_line,
-    cpu_model,
-    fmt_rate,
-    fmt_us,
-    measure,
-    nproc,
-    sqlite_connect,
-    sqlite_now,
-    sqlite_time,
+from harness import ROUNDS, BenchError, Cell, fmt_rate, fmt_us
+from render import table
+from run import DEFAULT_PG_ADMIN_URL
+from turns_cells import (
+    RAW_STATEMENTS,
+    TURN_EXECUTIONS,
+    WORKFLOW_ID,
+    WORKFLOW_VERSION,
+    pg_turn_cells,
+    sqlite_turn_cells,
 )
-from sqlalchemy import event
-
-from statestore import (
-    NodeCompleted,
-    NodeScheduled,
-    Snapshot,
-    StateStore,
-    WorkflowCompleted,
-    WorkflowExecution,
-    WorkflowStarted,
-    WorkflowStatus,
-    WorkItem,
+from turns_engines import (
+    DBOS_ENGINE,
+    ENGINE_WORKERS,
+    SEPARATE_ENGINE,
+    TURNS_ENGINE,
+    WARMUP_EXECUTIONS,
+    EngineRun,
+    dbos_run,
+    dbos_version,
+    engine_runs,
 )
+from turns_wire import RoundTrips, pg_round_trips, turn_statements
 
-AsyncOp = Callable[[], Awaitable[object]]
+from statestore import StateStore, WorkflowExecution
 
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = ("sqlite", "postgresql")
-DEFAULT_PG_ADMIN_URL = os.environ.get(
-    "STATESTORE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
 PG_DATABASE = "statestore_bench_turns"
 PG_DBOS_DATABASE = "statestore_bench_turns_dbos"
 DEFAULT_DURATION = 1.0
@@ -126,974 +108,9 @@ QUICK_EXECUTIONS = 8
 ENGINE_ROUNDS = 2
 """Rounds per store engine, alternating the two (drift on a noisy machine hits both)."""
 QUICK_ENGINE_ROUNDS = 1
-WARMUP_EXECUTIONS = 4
-"""Executions each engine runs untimed before its timed ones (connections, caches)."""
-SQLITE_CALLERS = 16
-PG_WORKERS = 8
-ENGINE_WORKERS = 4
-TURN_EXECUTIONS = 64
-"""Executions the commit_turn cells settle items of (each caller its own share)."""
-TURN_RATE_GUESS = 5_000
-"""Turns/s the first untimed top-up of claimed items assumes (then the fastest rate seen)."""
 TARGET_TURN = 0.6
 TARGET_VS_SEPARATE = 3.0
 TARGET_VS_DBOS = 10.0
-GIVE_UP_AFTER = 300.0
-"""Seconds an engine run may take before the bench calls it stuck."""
-FINISHED = ("completed", "failed", "cancelled")
-
-TURN_QUEUE = "turn"
-NEXT_QUEUE = "turn-next"
-ENGINE_QUEUE = "engine"
-NODES = ("a", "b", "c", "d", "e")
-"""The workflow: a chain a -> b -> c -> d -> e (see ENGINE_NOTE)."""
-WORKFLOW_ID = "bench-dag"
-WORKFLOW_VERSION = "1"
-LEASE = timedelta(hours=1)
-"""Lease of the items inserted already claimed for the commit_turn cells."""
-DBOS_MARK = "DBOS-RESULT "
-
-
-# ------------------------------------------------------------------------------ 1. commit_turn
-
-
-class ClaimedItems:
-    """Items already claimed by each caller of one contender, inserted untimed before every
-    timed run: twice what the run can settle at the fastest rate seen so far (or a first
-    guess), so a run never runs out. ``take`` hands a caller its next (item id, execution)."""
-
-    def __init__(
-        self,
-        label: str,
-        executions: Sequence[Sequence[uuid.UUID]],
-        fill: Callable[[str, uuid.UUID, int], Awaitable[list[uuid.UUID]]],
-    ) -> None:
-        self.label = label
-        self.workers = [f"{label}-{caller}" for caller in range(len(executions))]
-        self._executions = executions
-        self._fill = fill
-        self._pools: list[collections.deque[tuple[uuid.UUID, uuid.UUID]]] = [
-            collections.deque() for _ in executions
-        ]
-        self._rate = float(TURN_RATE_GUESS)
-        self._taken = 0
-        self._since: int | None = None
-
-    async def top_up(self, seconds: float) -> None:
-        now = time.perf_counter_ns()
-        if self._since is not None and now > self._since and self._taken:
-            self._rate = max(self._rate, self._taken / ((now - self._since) / 1e9))
-        callers = len(self._pools)
-        wanted = int(self._rate * seconds * 2 / callers) + 20
-        for caller, pool in enumerate(self._pools):
-            missing = wanted - len(pool)
-            own = self._executions[caller]
-            if missing <= 0:
-                continue
-            # Spread the new items over the caller's executions, a bulk insert per execution.
-            share, extra = divmod(missing, len(own))
-            fresh: list[tuple[uuid.UUID, uuid.UUID]] = []
-            for index, execution_id in enumerate(own):
-                count = share + (1 if index < extra else 0)
-                if count:
-                    ids = await self._fill(self.workers[caller], execution_id, count)
-                    fresh += [(item_id, execution_id) for item_id in ids]
-            # Interleave executions, so consecutive turns of a caller touch different rows.
-            fresh.sort(key=lambda pair: pair[0].int)
-            pool.extend(fresh)
-        self._taken = 0
-        self._since = time.perf_counter_ns()
-
-    def take(self, caller: int) -> tuple[uuid.UUID, uuid.UUID]:
-        self._taken += 1
-        return self._pools[caller].popleft()
-
-
-_steps = collections.Counter[str]()
-
-
-def state_patch(caller: str) -> dict[str, Any]:
-    """A merge patch of constant size (the state does not grow over a run)."""
-    _steps[caller] += 1
-    return {"summarise": {"done": True, "step": _steps[caller], "tokens": 412}}
-
-
-def store_turner(store: StateStore, items: ClaimedItems, caller: int) -> AsyncOp:
-    worker = items.workers[caller]
-
-    async def commit_turn() -> None:
-        item_id, execution_id = items.take(caller)
-        result = await store.commit_turn(
-            item_id,
-            worker_id=worker,
-            lease_fence=1,
-            events=[KIND],
-            state_patch=state_patch(worker),
-            enqueue=[
-                WorkItem(
-                    execution_id=execution_id,
-                    node_id="next",
-                    queue_type=NEXT_QUEUE,
-                    payload=WORK_PAYLOAD,
-                )
-            ],
-        )
-        check(
-            len(result.sequences) == 1 and len(result.enqueued) == 1,
-            f"commit_turn wrote {result.sequences} / {result.enqueued}",
-        )
-
-    return commit_turn
-
-
-# SQLite: ids are 32-digit hex, times naive UTC text, JSON text (statestore/db/types.py).
-SQLITE_CLAIMED = (
-    f"INSERT INTO work_items ({ITEM_COLUMNS}) VALUES (?1, ?2, 'summarise', ?3, ?4, 'claimed',"
-    " 0, 1, 3, ?5, ?6, ?7, 1, NULL, ?5, ?5, NULL, ?8)"
-)
-SQLITE_TURN = {
-    "lock": "SELECT current_state, status FROM workflow_executions WHERE id = ?1",
-    "settle": SQLITE_SQL["complete"],
-    "bump": (
-        "UPDATE workflow_executions SET last_sequence = last_sequence + 1, current_state = ?1,"
-        " updated_at = ?2 WHERE id = ?3 RETURNING last_sequence, tenant_id"
-    ),
-    "event": SQLITE_SQL["insert_event"],
-    "enqueue": SQLITE_FILL,
-}
-
-
-def sqlite_turn(
-    conn: sqlite3.Connection, item_id: str, execution_id: str, worker: str, patch: dict[str, Any]
-) -> int:
-    """The turn's statements (the caller's transaction): on SQLite the write lock that
-    ``BEGIN IMMEDIATE`` took is the execution's lock; the read gets the state to merge."""
-    sql = SQLITE_TURN
-    now = sqlite_now()
-    row = conn.execute(sql["lock"], (execution_id,)).fetchone()
-    check(row is not None and row[1] not in FINISHED, "raw: execution missing or finished")
-    settled = conn.execute(sql["settle"], (item_id, now, worker, 1)).fetchall()
-    check(len(settled) == 1, "raw: lease lost")
-    state = json.loads(row[0])
-    state.update(patch)
-    sequence, tenant_id = conn.execute(sql["bump"], (dumps(state), now, execution_id)).fetchone()
-    conn.execute(
-        sql["event"],
-        (uuid.uuid4().hex, execution_id, sequence, KIND_TYPE, dumps(KIND_JSON), now, tenant_id),
-    )
-    conn.execute(
-        sql["enqueue"],
-        (uuid.uuid4().hex, execution_id, NEXT_QUEUE, dumps(WORK_PAYLOAD), now, tenant_id),
-    )
-    return int(sequence)
-
-
-def sqlite_turner(
-    gc: GroupCommitThread, conn: sqlite3.Connection, items: ClaimedItems, caller: int
-) -> AsyncOp:
-    """A caller running the raw turn through the group-commit thread ``gc`` on ``conn``."""
-    worker = items.workers[caller]
-
-    async def commit_turn() -> None:
-        item_id, execution_id = items.take(caller)
-        patch = state_patch(worker)
-        sequence = await gc.run(
-            lambda: sqlite_turn(conn, item_id.hex, execution_id.hex, worker, patch)
-        )
-        check(sequence > 0, "raw: no sequence")
-
-    return commit_turn
-
-
-PG_CLAIMED = (
-    f"INSERT INTO work_items ({ITEM_COLUMNS}) SELECT gen_random_uuid(), $1, 'summarise', $2,"
-    " $3::json, 'claimed', 0, 1, 3, $4, $5, $6, 1, NULL, $4, $4, NULL, $7"
-    " FROM generate_series(1, $8) RETURNING id"
-)
-PG_TURN = {
-    "lock": "SELECT current_state, status FROM workflow_executions WHERE id = $1 FOR UPDATE",
-    "settle": PG_SQL["complete"],
-    "bump": (
-        "UPDATE workflow_executions SET last_sequence = last_sequence + 1,"
-        " current_state = $1::json, updated_at = $2 WHERE id = $3"
-        " RETURNING last_sequence, tenant_id"
-    ),
-    "event": PG_SQL["insert_event"],
-    "enqueue": (
-        f"INSERT INTO work_items ({ITEM_COLUMNS}) VALUES ($1, $2, 'summarise', $3, $4::json,"
-        " 'pending', 0, 0, 3, $5, NULL, NULL, 0, NULL, $5, $5, NULL, $6)"
-    ),
-}
-
-
-async def pg_turn(
-    conn: asyncpg.Connection,
-    item_id: uuid.UUID,
-    execution_id: uuid.UUID,
-    worker: str,
-    patch: dict[str, Any],
-) -> int:
-    """The turn by hand on asyncpg: BEGIN, five statements, COMMIT."""
-    sql = PG_TURN
-    async with conn.transaction():
-        now = datetime.now(UTC)
-        row = await conn.fetchrow(sql["lock"], execution_id)
-        check(row is not None and row[1] not in FINISHED, "raw: execution missing or finished")
-        settled = await conn.fetch(sql["settle"], item_id, now, worker, 1)
-        check(len(settled) == 1, "raw: lease lost")
-        state = json.loads(row[0])
-        state.update(patch)
-        bumped = await conn.fetchrow(sql["bump"], dumps(state), now, execution_id)
-        sequence, tenant_id = bumped[0], bumped[1]
-        await conn.execute(
-            sql["event"],
-            uuid.uuid4(),
-            execution_id,
-            sequence,
-            KIND_TYPE,
-            dumps(KIND_JSON),
-            now,
-            tenant_id,
-        )
-        await conn.execute(
-            sql["enqueue"],
-            uuid.uuid4(),
-            execution_id,
-            NEXT_QUEUE,
-            dumps(WORK_PAYLOAD),
-            now,
-            tenant_id,
-        )
-    return int(sequence)
-
-
-def pg_turner(conn: asyncpg.Connection, items: ClaimedItems, caller: int) -> AsyncOp:
-    worker = items.workers[caller]
-
-    async def commit_turn() -> None:
-        item_id, execution_id = items.take(caller)
-        check(await pg_turn(conn, item_id, execution_id, worker, state_patch(worker)) > 0, "seq")
-
-    return commit_turn
-
-
-async def turn_executions(store: StateStore) -> list[uuid.UUID]:
-    ids = []
-    for _ in range(TURN_EXECUTIONS):
-        execution = WorkflowExecution(
-            workflow_id=WORKFLOW_ID, workflow_version=WORKFLOW_VERSION, status="running"
-        )
-        await store.create_execution(execution)
-        ids.append(execution.execution_id)
-    return ids
-
-
-def shares(ids: Sequence[uuid.UUID], callers: int) -> list[list[uuid.UUID]]:
-    """Each caller's own executions, so concurrent turns never wait on one another's row."""
-    return [list(ids[caller::callers]) for caller in range(callers)]
-
-
-async def sqlite_turn_cells(path: Path, store: StateStore, duration: float) -> list[Cell]:
-    executions = await turn_executions(store)
-    fill_conn = sqlite_connect(path)
-    gc_conn = sqlite_connect(path)
-    gc = GroupCommitThread("bench-turns-gc", gc_conn)
-    cells = []
-    try:
-
-        async def fill(worker: str, execution_id: uuid.UUID, count: int) -> list[uuid.UUID]:
-            now = datetime.now(UTC)
-            ids = [uuid.uuid4() for _ in range(count)]
-            rows = [
-                (
-                    item_id.hex,
-                    execution_id.hex,
-                    TURN_QUEUE,
-                    dumps(WORK_PAYLOAD),
-                    sqlite_time(now),
-                    worker,
-                    sqlite_time(now + LEASE),
-                    TENANT,
-                )
-                for item_id in ids
-            ]
-            fill_conn.execute("BEGIN IMMEDIATE")
-            fill_conn.executemany(SQLITE_CLAIMED, rows)
-            fill_conn.execute("COMMIT")
-            return ids
-
-        for callers in (1, SQLITE_CALLERS):
-            contenders = turn_contenders(
-                store,
-                shares(executions, callers),
-                fill,
-                callers,
-                lambda items, c: sqlite_turner(gc, gc_conn, items, c),
-            )
-            cells.append(await measure("sqlite", "commit_turn", contenders, duration, callers))
-    finally:
-        await gc.close()
-        gc_conn.close()
-        fill_conn.close()
-    return cells
-
-
-def turn_contenders(
-    store: StateStore,
-    own: Any,
-    fill: Any,
-    callers: int,
-    raw_turner: Callable[[ClaimedItems, int], Any],
-) -> list[Contender]:
-    """The store and raw contenders of a commit_turn cell, each settling its own claimed
-    items (topped up untimed before every run)."""
-    store_items = ClaimedItems(f"store{callers}", own, fill)
-    raw_items = ClaimedItems(f"raw{callers}", own, fill)
-    return [
-        Contender(
-            "store",
-            callers=[store_turner(store, store_items, c) for c in range(callers)],
-            prepare=store_items.top_up,
-        ),
-        Contender(
-            "raw",
-            callers=[raw_turner(raw_items, c) for c in range(callers)],
-            prepare=raw_items.top_up,
-        ),
-    ]
-
-
-async def pg_turn_cells(url: str, store: StateStore, duration: float) -> list[Cell]:
-    executions = await turn_executions(store)
-    async with contextlib.AsyncExitStack() as stack:
-        conns: list[asyncpg.Connection] = []
-        for _ in range(PG_WORKERS + 1):
-            conns.append(await asyncpg.connect(url))
-            stack.push_async_callback(conns[-1].close)
-        fill_conn, workers = conns[0], conns[1:]
-
-        async def fill(worker: str, execution_id: uuid.UUID, count: int) -> list[uuid.UUID]:
-            now = datetime.now(UTC)
-            rows = await fill_conn.fetch(
-                PG_CLAIMED,
-                execution_id,
-                TURN_QUEUE,
-                dumps(WORK_PAYLOAD),
-                now,
-                worker,
-                now + LEASE,
-                TENANT,
-                count,
-            )
-            return [row[0] for row in rows]
-
-        cells = []
-        for callers in (1, PG_WORKERS):
-            contenders = turn_contenders(
-                store,
-                shares(executions, callers),
-                fill,
-                callers,
-                lambda items, c: pg_turner(workers[c], items, c),
-            )
-            cells.append(await measure("postgresql", "commit_turn", contenders, duration, callers))
-    return cells
-
-
-# ------------------------------------------------------------------------------ 2. engine
-
-TURNS_ENGINE = "turns"
-SEPARATE_ENGINE = "separate calls"
-DBOS_ENGINE = "DBOS"
-
-
-@dataclass
-class EngineRun:
-    """What one engine did on one backend, over its timed rounds."""
-
-    backend: str
-    engine: str
-    executions: int = 0
-    steps: int = 0
-    seconds: float = 0.0
-    calls: int = 0
-    """Store calls the engine made (starts included), each one transaction; for DBOS the
-    commits on its system database (all its threads) over the timed run."""
-    statements: int = 0
-    """DBOS only: the statements it sent over the timed run."""
-    note: str = ""
-    error: str | None = None
-
-    @property
-    def steps_s(self) -> float:
-        return self.steps / self.seconds if self.seconds else 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and self.steps > 0
-
-
-class Engine:
-    """A workflow engine on the store: a starter task starts the executions while
-    ENGINE_WORKERS worker tasks claim items and run their nodes, until every execution is
-    completed. ``calls`` counts the store calls it made."""
-
-    label = ""
-
-    def __init__(self, store: StateStore) -> None:
-        self.store = store
-        self.calls = 0
-        self.steps = 0
-        self.completed = 0
-        self._target = 0
-        self._done = asyncio.Event()
-
-    async def start(self, execution: WorkflowExecution) -> None:
-        raise NotImplementedError
-
-    async def step(self, worker: str, item: WorkItem) -> None:
-        raise NotImplementedError
-
-    def finished_one(self) -> None:
-        self.completed += 1
-        if self.completed >= self._target:
-            self._done.set()
-
-    async def run(self, executions: int) -> float:
-        """Start ``executions`` executions and run them to completion; the seconds taken."""
-        self._target = self.completed + executions
-        self._done.clear()
-        started = time.perf_counter()
-
-        async def starter() -> None:
-            for number in range(executions):
-                await self.start(
-                    WorkflowExecution(
-                        workflow_id=WORKFLOW_ID,
-                        workflow_version=WORKFLOW_VERSION,
-                        status="running",
-                        initial_input={"n": number},
-                    )
-                )
-
-        async def worker(name: str) -> None:
-            while not self._done.is_set():
-                item = await self.store.claim_work_item(name, [ENGINE_QUEUE])
-                self.calls += 1
-                if item is None:
-                    await asyncio.sleep(0.002)
-                    continue
-                await self.step(name, item)
-                self.steps += 1
-
-        tasks = [asyncio.create_task(starter())]
-        tasks += [asyncio.create_task(worker(f"w{n}")) for n in range(ENGINE_WORKERS)]
-        try:
-            await asyncio.wait_for(self._done.wait(), timeout=GIVE_UP_AFTER)
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        return time.perf_counter() - started
-
-
-def node_events(node: str, output: dict[str, Any]) -> list[Any]:
-    """The events of a node's step: the node completed, then the next one scheduled (or
-    the workflow completed). Both engines write exactly these."""
-    index = NODES.index(node)
-    done = NodeCompleted(node_id=node, output=output, state_patch={node: output}, duration_ms=1)
-    if index + 1 < len(NODES):
-        return [done, NodeScheduled(node_id=NODES[index + 1], queue_type=ENGINE_QUEUE)]
-    return [done, WorkflowCompleted(final_state={})]
-
-
-def node_work(item: WorkItem) -> dict[str, Any]:
-    """The node's work (none: the bench measures what the engine costs around it)."""
-    return {"node": item.node_id, "attempt": item.attempt, "tokens": 412}
-
-
-def first_events(execution: WorkflowExecution) -> list[Any]:
-    return [
-        WorkflowStarted(
-            workflow_id=WORKFLOW_ID,
-            workflow_version=WORKFLOW_VERSION,
-            initial_input=execution.initial_input,
-        ),
-        NodeScheduled(node_id=NODES[0], queue_type=ENGINE_QUEUE),
-    ]
-
-
-def engine_item(execution_id: uuid.UUID, node: str) -> WorkItem:
-    return WorkItem(
-        execution_id=execution_id, node_id=node, queue_type=ENGINE_QUEUE, payload={"node": node}
-    )
-
-
-class TurnsEngine(Engine):
-    """Each step: claim, the node's work under ``heartbeat``, ONE ``commit_turn`` (the
-    item settled, the events, the state patch, the next item; on the last node also the
-    status and the snapshot). Each start: ONE ``start_execution``."""
-
-    label = TURNS_ENGINE
-
-    async def start(self, execution: WorkflowExecution) -> None:
-        await self.store.start_execution(
-            execution,
-            events=first_events(execution),
-            enqueue=[engine_item(execution.execution_id, NODES[0])],
-        )
-        self.calls += 1
-
-    async def step(self, worker: str, item: WorkItem) -> None:
-        store = self.store
-        async with store.heartbeat(item, worker_id=worker):
-            output = node_work(item)
-        index = NODES.index(item.node_id)
-        last = index + 1 == len(NODES)
-        await store.commit_turn(
-            item.id,
-            worker_id=worker,
-            lease_fence=item.lease_fence,
-            events=node_events(item.node_id, output),
-            state_patch={item.node_id: output},
-            enqueue=[] if last else [engine_item(item.execution_id, NODES[index + 1])],
-            status=WorkflowStatus.COMPLETED if last else None,
-            snapshot=last,
-        )
-        self.calls += 1
-        if last:
-            self.finished_one()
-
-
-class SeparateCallsEngine(Engine):
-    """The same engine on the calls of the store before turns (the demo at commit 278d6f7):
-    each step claims, renews the lease, appends the events, patches the state, completes the
-    item and enqueues the next: six transactions. The last node instead reads the execution
-    and its last sequence, writes the snapshot and moves the status. Each start: create the
-    execution, append its first events, enqueue the first item."""
-
-    label = SEPARATE_ENGINE
-
-    async def start(self, execution: WorkflowExecution) -> None:
-        store = self.store
-        await store.create_execution(execution)
-        await store.append_events(execution.execution_id, first_events(execution))
-        await store.enqueue_work_item(engine_item(execution.execution_id, NODES[0]))
-        self.calls += 3
-
-    async def step(self, worker: str, item: WorkItem) -> None:
-        store, eid = self.store, item.execution_id
-        await store.renew_lease(item.id, worker, lease_fence=item.lease_fence)
-        output = node_work(item)
-        await store.append_events(eid, node_events(item.node_id, output))
-        await store.patch_append_array(eid, "completed_nodes", item.node_id)
-        await store.complete_work_item(item.id, worker_id=worker, lease_fence=item.lease_fence)
-        self.calls += 4
-        index = NODES.index(item.node_id)
-        if index + 1 < len(NODES):
-            await store.enqueue_work_item(engine_item(eid, NODES[index + 1]))
-            self.calls += 1
-            return
-        execution = await store.get_execution(eid)
-        latest = await store.latest_sequence(eid)
-        final = execution.current_state if execution is not None else {}
-        await store.write_snapshot(Snapshot(execution_id=eid, at_sequence=latest, state=final))
-        await store.update_execution_status(
-            eid, WorkflowStatus.COMPLETED, expected=WorkflowStatus.RUNNING
-        )
-        self.calls += 4
-        self.finished_one()
-
-
-async def engine_runs(
-    backend: str, store: StateStore, executions: int, rounds: int
-) -> list[EngineRun]:
-    """Both store engines on one store, in alternating rounds after an untimed warm-up;
-    then the check that every execution completed and no item was left behind."""
-    engines: list[Engine] = [TurnsEngine(store), SeparateCallsEngine(store)]
-    runs = {engine.label: EngineRun(backend, engine.label) for engine in engines}
-    for engine in engines:
-        await engine.run(WARMUP_EXECUTIONS)
-    per_round = max(1, executions // rounds)
-    for round_no in range(rounds):
-        order = engines if round_no % 2 == 0 else engines[::-1]
-        for engine in order:
-            run = runs[engine.label]
-            steps, calls = engine.steps, engine.calls
-            try:
-                run.seconds += await engine.run(per_round)
-            except Exception as exc:
-                run.error = f"{type(exc).__name__}: {exc}"
-                continue
-            run.steps += engine.steps - steps
-            run.calls += engine.calls - calls
-            run.executions += per_round
-    stats = (await store.queue_stats()).get(ENGINE_QUEUE, {})
-    left = {status.value: n for status, n in stats.items() if n and status.value != "completed"}
-    total = sum(engine.completed for engine in engines)
-    for run in runs.values():
-        if left and run.error is None:
-            run.error = f"items left in the queue: {left}"
-        expected = run.executions * len(NODES)
-        if run.error is None and run.steps != expected:
-            run.error = f"{run.steps} steps recorded, {expected} expected"
-    check(total == (WARMUP_EXECUTIONS + per_round * rounds) * 2, "an execution did not complete")
-    for run in runs.values():
-        progress(
-            f"  {backend:<10} engine {run.engine:<15} {run.steps_s:>9,.0f} steps/s"
-            f"  ({run.steps} steps in {run.seconds:.2f} s,"
-            f" {run.calls / max(run.steps, 1):.1f} store calls per step)"
-        )
-    return list(runs.values())
-
-
-# ------------------------------------------------------------------------------ DBOS peer
-
-
-def dbos_version() -> str | None:
-    try:
-        return importlib.metadata.version("dbos")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def dbos_child(backend: str, url: str, executions: int) -> int:
-    """The DBOS side of the engine cell, in its own process (DBOS is a process-wide
-    singleton with threads of its own): a workflow of five steps per execution, run by
-    ENGINE_WORKERS threads that each call the workflow function for their share of the
-    executions; prints one line ``DBOS-RESULT {json}``."""
-    from dbos import DBOS, DBOSConfig
-
-    if backend == "sqlite":
-        # The store's SQLite settings: WAL (persistent in the file) and synchronous=NORMAL
-        # on every connection (DBOS's own default is the rollback journal and FULL).
-        path = url.removeprefix("sqlite:///")
-        with contextlib.closing(sqlite3.connect(path)) as conn:
-            conn.execute("PRAGMA journal_mode = WAL")
-
-        @event.listens_for(sqlalchemy.engine.Engine, "connect")
-        def _normal(dbapi_connection: Any, _record: Any) -> None:
-            dbapi_connection.execute("PRAGMA synchronous = NORMAL")
-
-    config: DBOSConfig = {
-        "name": "statestore-bench",
-        "system_database_url": url,
-        "log_level": "WARNING",
-        "sys_db_pool_size": ENGINE_WORKERS + 4,
-    }
-    DBOS(config=config)
-
-    @DBOS.step()
-    def node(name: str, number: int) -> dict[str, Any]:
-        return {"node": name, "attempt": 1, "tokens": 412, "n": number}
-
-    @DBOS.workflow()
-    def workflow(number: int) -> dict[str, Any]:
-        state = {}
-        for name in NODES:
-            state[name] = node(name, number)
-        return state
-
-    DBOS.launch()
-    counted = collections.Counter[str]()
-
-    def on_statement(*_args: Any) -> None:
-        counted["statements"] += 1
-
-    def on_commit(_connection: Any) -> None:
-        counted["commits"] += 1
-
-    event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", on_statement)
-    event.listen(sqlalchemy.engine.Engine, "commit", on_commit)
-    try:
-
-        def drive(start: int, count: int, done: list[int]) -> None:
-            for number in range(start, start + count * ENGINE_WORKERS, ENGINE_WORKERS):
-                result = workflow(number)
-                check(len(result) == len(NODES), "DBOS workflow lost a step")
-                done.append(number)
-
-        def crew(first: int, count: int) -> float:
-            done: list[int] = []
-            per = max(1, count // ENGINE_WORKERS)
-            threads = [
-                threading.Thread(target=drive, args=(first + w, per, done))
-                for w in range(ENGINE_WORKERS)
-            ]
-            started = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            elapsed = time.perf_counter() - started
-            check(len(done) == per * ENGINE_WORKERS, "a DBOS driver thread failed")
-            return elapsed
-
-        crew(1_000_000, WARMUP_EXECUTIONS)
-        count = max(ENGINE_WORKERS, executions // ENGINE_WORKERS * ENGINE_WORKERS)
-        counted.clear()
-        seconds = crew(0, count)
-        result = {
-            "executions": count,
-            "steps": count * len(NODES),
-            "seconds": seconds,
-            "statements": counted["statements"],
-            "transactions": counted["commits"],
-        }
-        print(DBOS_MARK + json.dumps(result), flush=True)
-    finally:
-        DBOS.destroy()
-    return 0
-
-
-async def dbos_run(backend: str, url: str, executions: int) -> EngineRun:
-    """Run :func:`dbos_child` in a subprocess on ``url``."""
-    run = EngineRun(backend, DBOS_ENGINE)
-    version = dbos_version()
-    if version is None:
-        run.error = "dbos not installed (pip install -e '.[bench]')"
-        run.note = "not installed"
-        return run
-    run.note = f"dbos {version}"
-    command = [sys.executable, __file__, "--dbos-child", backend, url, str(executions)]
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=str(REPO),
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout=GIVE_UP_AFTER)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        run.error = f"DBOS run took more than {GIVE_UP_AFTER:.0f} s"
-        return run
-    lines = [line for line in out.decode().splitlines() if line.startswith(DBOS_MARK)]
-    if process.returncode != 0 or not lines:
-        tail = err.decode().strip().splitlines()[-3:]
-        run.error = f"DBOS child exited {process.returncode}: {' | '.join(tail)}"
-        return run
-    result = json.loads(lines[-1].removeprefix(DBOS_MARK))
-    run.executions, run.steps, run.seconds = (
-        result["executions"],
-        result["steps"],
-        result["seconds"],
-    )
-    run.calls = result["transactions"]
-    run.statements = result["statements"]
-    progress(
-        f"  {backend:<10} engine {run.engine:<15} {run.steps_s:>9,.0f} steps/s ({version};"
-        f" {run.calls / run.steps:.1f} transactions, {run.statements / run.steps:.1f}"
-        " statements per step)"
-    )
-    return run
-
-
-# ------------------------------------------------------------------------------ 3. round trips
-
-STARTUP_CODES = {80877103, 80877104}
-"""SSLRequest and GSSENCRequest: untyped messages before the StartupMessage."""
-
-
-class WireCounter:
-    """A TCP relay to PostgreSQL that counts the client's round trips: the messages after
-    which a client waits for the server (Sync of the extended protocol, Query of the simple
-    one). Pipelined messages up to one Sync count once, as they travel together."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)
-        self.round_trips = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._target)
-        tasks = [
-            asyncio.create_task(self._pump(reader, up_writer, count=True)),
-            asyncio.create_task(self._pump(up_reader, writer, count=False)),
-        ]
-        self._tasks.update(tasks)
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for closing in (writer, up_writer):
-                closing.close()
-            self._tasks.difference_update(tasks)
-
-    async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, count: bool
-    ) -> None:
-        buffer = b""
-        startup = True
-        while data := await reader.read(65536):
-            writer.write(data)
-            if count:
-                buffer += data
-                while True:
-                    if startup:  # untyped: int32 length, int32 code
-                        if len(buffer) < 8:
-                            break
-                        length, code = struct.unpack("!ii", buffer[:8])
-                        if len(buffer) < length:
-                            break
-                        buffer = buffer[length:]
-                        startup = code in STARTUP_CODES
-                        continue
-                    if len(buffer) < 5:
-                        break
-                    kind, length = buffer[:1], struct.unpack("!i", buffer[1:5])[0]
-                    if len(buffer) < 1 + length:
-                        break
-                    buffer = buffer[1 + length :]
-                    if kind in (b"S", b"Q"):
-                        self.round_trips += 1
-            await writer.drain()
-
-
-@dataclass
-class RoundTrips:
-    store: int = 0
-    raw: int = 0
-    statements: list[str] = field(default_factory=list)
-    """The statements of one store turn, in order (BEGIN and COMMIT included)."""
-    sqlite_statements: list[str] = field(default_factory=list)
-
-
-def statement_name(statement: str) -> str:
-    """e.g. "SELECT workflow_executions FOR UPDATE", "UPDATE work_items"."""
-    text = " ".join(statement.split())
-    verb = text.split(" ", 1)[0].upper()
-    pattern = {"SELECT": r"\bFROM (\w+)", "UPDATE": r"^UPDATE (\w+)", "INSERT": r"\bINTO (\w+)"}
-    match = re.search(pattern.get(verb, r"$^"), text, re.IGNORECASE)
-    name = f"{verb} {match.group(1)}" if match else verb
-    if verb == "WITH":
-        name = "WITH … " + " ".join(re.findall(r"\b(UPDATE|INSERT INTO) (\w+)", text)[-1])
-    if re.search(r"FOR UPDATE", text, re.IGNORECASE):
-        name += " FOR UPDATE"
-    return name
-
-
-async def turn_statements(store: StateStore, execution_id: uuid.UUID, samples: int) -> list[str]:
-    """The statements of one ``commit_turn``, from ``before_cursor_execute``, ``begin`` and
-    ``commit`` listeners (with a cursor listener the store runs its statements through
-    ``exec_driver_sql``: this run is separate from the timed ones). On PostgreSQL they listen
-    on ``store.engine.sync_engine``; on SQLite, whose writer has an engine of its own, on
-    every engine of the process (nothing else runs meanwhile)."""
-    seen: list[str] = []
-
-    def on_statement(*args: Any) -> None:
-        seen.append(statement_name(args[2]))
-
-    target: Any = store.engine.sync_engine if store.dialect == "postgresql" else sqlalchemy.Engine
-    hooks: list[tuple[str, Callable[..., None]]] = [
-        ("before_cursor_execute", on_statement),
-        ("begin", lambda _conn: seen.append("BEGIN")),
-        ("commit", lambda _conn: seen.append("COMMIT")),
-    ]
-    for name, hook in hooks:
-        event.listen(target, name, hook)
-    try:
-        turns: list[list[str]] = []
-        for _ in range(samples):
-            item = await claimed(store, execution_id, "statements")
-            seen.clear()
-            await commit_one(store, item, "statements")
-            turns.append(list(seen))
-    finally:
-        for name, hook in hooks:
-            event.remove(target, name, hook)
-    return turns[-1]
-
-
-async def claimed(store: StateStore, execution_id: uuid.UUID, worker: str) -> WorkItem:
-    await store.enqueue_work_item(
-        WorkItem(execution_id=execution_id, node_id="n", queue_type=worker, payload=WORK_PAYLOAD)
-    )
-    item = await store.claim_work_item(worker, [worker])
-    assert item is not None
-    return item
-
-
-async def commit_one(store: StateStore, item: WorkItem, worker: str) -> None:
-    await store.commit_turn(
-        item.id,
-        worker_id=worker,
-        lease_fence=item.lease_fence,
-        events=[KIND],
-        state_patch=state_patch(worker),
-        enqueue=[
-            WorkItem(
-                execution_id=item.execution_id,
-                node_id="next",
-                queue_type=NEXT_QUEUE,
-                payload=WORK_PAYLOAD,
-            )
-        ],
-    )
-
-
-async def pg_round_trips(url: str, samples: int, result: RoundTrips) -> None:
-    """Round trips of one store turn and one raw turn through :class:`WireCounter`, each
-    the median over ``samples`` turns after a warm-up (prepared statements cached), into
-    ``result``."""
-    parts = urlsplit(url)
-    counter = WireCounter(parts.hostname or "127.0.0.1", parts.port or 5432)
-    port = await counter.start()
-    netloc = f"{parts.username}@127.0.0.1:{port}" if parts.username else f"127.0.0.1:{port}"
-    relayed = urlunsplit(parts._replace(netloc=netloc))
-    try:
-        store = await StateStore.connect(relayed)
-        try:
-            execution = WorkflowExecution(
-                workflow_id=WORKFLOW_ID, workflow_version=WORKFLOW_VERSION, status="running"
-            )
-            await store.create_execution(execution)
-            counts = []
-            for sample in range(samples + 3):
-                item = await claimed(store, execution.execution_id, "wire")
-                before = counter.round_trips
-                await commit_one(store, item, "wire")
-                if sample >= 3:
-                    counts.append(counter.round_trips - before)
-            result.store = int(statistics.median(counts))
-            result.statements = await turn_statements(store, execution.execution_id, 3)
-            conn = await asyncpg.connect(relayed)
-            try:
-                counts = []
-                for sample in range(samples + 3):
-                    item = await claimed(store, execution.execution_id, "wire-raw")
-                    before = counter.round_trips
-                    await pg_turn(
-                        conn, item.id, item.execution_id, "wire-raw", state_patch("wire-raw")
-                    )
-                    if sample >= 3:
-                        counts.append(counter.round_trips - before)
-                result.raw = int(statistics.median(counts))
-            finally:
-                await conn.close()
-        finally:
-            await store.close()
-    finally:
-        await counter.close()
-    progress(
-        f"  postgresql round trips per turn: store {result.store}, raw {result.raw};"
-        f" statements: {', '.join(result.statements)}"
-    )
 
 
 # ------------------------------------------------------------------------------ driver
@@ -1210,23 +227,6 @@ async def run(args: argparse.Namespace) -> Results:
 # ------------------------------------------------------------------------------ output
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(row: Sequence[str]) -> str:
-        cells = [
-            value.rjust(width) if right else value.ljust(width)
-            for value, width, right in zip(row, widths, numeric, strict=True)
-        ]
-        return "| " + " | ".join(cells) + " |"
-
-    rule = "|" + "|".join(
-        "-" * (width + 1) + ":" if right else "-" * (width + 2)
-        for width, right in zip(widths, numeric, strict=True)
-    )
-    return "\n".join([line(header), rule + "|", *(line(row) for row in rows)])
-
-
 def verdict(ratio: float | None, wanted: float) -> str:
     if ratio is None:
         return f"{wanted:g}x: -"
@@ -1317,10 +317,10 @@ def trips_text(trips: RoundTrips, backends: Sequence[str]) -> str:
     if "postgresql" in backends and trips.store:
         lines.append(
             f"- PostgreSQL: one `commit_turn` (one event, a state patch, one successor) takes"
-            f" **{trips.store} round trips**; the raw transaction {trips.raw} (BEGIN, five"
-            f" statements, COMMIT). Counted on the wire by a relay between the client and the"
-            f" server (each Sync or simple Query the client sends is one round trip), the"
-            f" median of 5 turns after 3 untimed ones (prepared statements cached). The"
+            f" **{trips.store} round trips**; the raw transaction {trips.raw} (BEGIN,"
+            f" {RAW_STATEMENTS} statements, COMMIT). Counted on the wire by a relay between the"
+            f" client and the server (each Sync or simple Query the client sends is one round"
+            f" trip), the median of 5 turns after 3 untimed ones (prepared statements cached). The"
             f" store's statements, in order (a `before_cursor_execute` listener, a separate"
             f" run): {', '.join(trips.statements)}."
         )
@@ -1329,7 +329,7 @@ def trips_text(trips: RoundTrips, backends: Sequence[str]) -> str:
         lines.append(
             f"- SQLite (no round trips: the turn is one writer operation, which joins group"
             f" commit): {len(inner)} statements in the writer's transaction, {', '.join(inner)};"
-            f" the raw transaction runs 5."
+            f" the raw transaction runs the same {RAW_STATEMENTS}."
         )
     return "\n".join(lines)
 
@@ -1361,10 +361,11 @@ def markdown(results: Results, args: argparse.Namespace) -> str:
     parts = [
         "## Atomic turns",
         "",
-        "`commit_turn` against the same transaction written raw, and an engine on turns against"
-        " the same engine on separate calls and against DBOS, in the same run (issue 13,"
-        " item 6). This section is written by `bench/turns.py --write`"
-        " (`make bench-turns`); the other scripts keep it.",
+        "`commit_turn` against the same transaction run raw (the store's own statements"
+        " through the bare driver), and an engine on turns against the same engine on"
+        " separate calls and against DBOS, in the same run (issue 13, item 6). This section"
+        " is written by `bench/turns.py --write` (`make bench-turns`); the other scripts keep"
+        " it.",
         "",
         f"- Command: `{command_line()}`",
         f"- Date: {when}",
@@ -1402,18 +403,23 @@ TURN_LEGEND = (
     f" callers: concurrent asyncio tasks on one store on SQLite, workers on PostgreSQL (the"
     f" store with a pool of {PG_WORKERS + 2}, raw with an `asyncpg` connection each); each"
     f" caller settles items of its own executions ({TURN_EXECUTIONS} split between them), so"
-    " no turn waits on another's execution row. raw = the same transaction by hand: lock the"
-    " execution row and read its state and status (`SELECT … FOR UPDATE` on PostgreSQL; on"
-    " SQLite the `BEGIN IMMEDIATE` write lock), settle the item with the store's fenced"
-    " `UPDATE work_items … WHERE id = ? AND status = 'claimed' AND worker_id = ? AND"
-    " lease_fence = ?`, bump `last_sequence` and write the merged state in one `UPDATE"
-    " workflow_executions … RETURNING last_sequence`, insert the event, insert the successor,"
-    " commit. SQLite raw runs through one thread with group commit (bench/run.py's gc layer:"
+    " no turn waits on another's execution row. raw = the same transaction through the bare"
+    f" driver, its {RAW_STATEMENTS} statements the store's own, compiled by the store"
+    " (bench/statements.py; a test checks they are among what the store sends for the"
+    " turn): lock the item's execution and read its state (`SELECT … FOR UPDATE OF"
+    " workflow_executions` on PostgreSQL; on SQLite under the `BEGIN IMMEDIATE` write lock),"
+    " settle the item with the fenced `UPDATE work_items … WHERE id = ? AND status ="
+    " 'claimed' AND worker_id = ? AND lease_fence = ?`, reserve the sequence and write the"
+    " merged state in one `UPDATE workflow_executions … RETURNING last_sequence`, insert the"
+    " event, insert the successor (`INSERT … SELECT` from its execution, which must take new"
+    " work), commit; what raw leaves out is the store's Python around them. SQLite raw runs"
+    " through one thread with group commit (bench/sqlite_raw.py's gc layer:"
     " up to 64 waiting calls in one transaction, a SAVEPOINT each; a lone call is one"
     " transaction); PostgreSQL raw is `asyncpg` with its statement cache. The claimed items"
     " are inserted untimed before every timed run. ratio = store turns/s / raw turns/s;"
-    f" target: the issue's {TARGET_TURN}x. Method: as bench/run.py, a warm-up then 4 rounds"
-    f" alternating store and raw, {DEFAULT_DURATION:g} s per contender by default."
+    f" target: the issue's {TARGET_TURN}x. Method: as bench/run.py (bench/harness.py), a"
+    f" warm-up then {ROUNDS} rounds alternating store and raw, {DEFAULT_DURATION:g} s per"
+    " contender by default."
 )
 
 ENGINE_LEGEND = (
@@ -1484,14 +490,15 @@ def why_turn(results: Results) -> str:
     wire = f" (on PostgreSQL {trips.store} round trips against {trips.raw})" if trips.store else ""
     return (
         f"Where the gap to raw is: the store's turn sends {len(statements)} statements where"
-        f" raw sends 5{wire} — the execution locked through the item, the fenced settle, one"
-        " `UPDATE` of the execution for the sequences and the state, the events' `INSERT`,"
-        " the successor's `INSERT` — all on the precompiled driver path"
-        " (statestore/db/driver.py). What is left is the Python raw does not do: every"
-        " argument checked and encoded before the first statement (event kinds validated by"
-        " their models, JSON checked for size, depth and NaN), the merge patch, the tenant"
-        " scope, the successor's checks, the runner's task and typed results. On SQLite the"
-        " writer thread runs that Python under the GIL it shares with the event loop, so"
+        f" raw sends {RAW_STATEMENTS}{wire} — the execution locked through the item, the"
+        " fenced settle, one `UPDATE` of the execution for the sequences and the state, the"
+        " events' `INSERT`, the successor's `INSERT` — the same statements, all on the"
+        " precompiled driver path (statestore/db/driver.py). What is left is the Python raw"
+        " does not do: every argument checked and encoded before the first statement (event"
+        " kinds validated by their models, JSON checked for size, depth and NaN), the merge"
+        " patch, the tenant scope, the successor's checks, the runner's task and typed"
+        " results. On SQLite the writer thread runs that Python under the GIL it shares with"
+        " the event loop, so"
         " concurrent callers gain less than raw group commit does."
     )
 
@@ -1592,9 +599,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="PostgreSQL server to use; the bench creates its own databases there"
         " (default $STATESTORE_BENCH_PG_URL or postgresql://postgres@127.0.0.1:5432/test)",
     )
-    parser.add_argument(
-        "--dbos-child", nargs=3, metavar=("BACKEND", "URL", "N"), help=argparse.SUPPRESS
-    )
     args = parser.parse_args(argv)
     args.rounds = ENGINE_ROUNDS
     if args.quick:
@@ -1608,9 +612,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.dbos_child:
-        backend, url, executions = args.dbos_child
-        return dbos_child(backend, url, int(executions))
     started = time.perf_counter()
     results = asyncio.run(run(args))
     progress(f"done in {time.perf_counter() - started:.1f} s")

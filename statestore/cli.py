@@ -11,6 +11,7 @@ them, so ``--help`` and a usage error answer without loading them.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from pydantic import BaseModel
 
-from statestore.db.urls import URL_ENV_VAR
+from statestore.db.urls import DIRECT_URL_ENV_VAR, URL_ENV_VAR
 from statestore.errors import MigrationError, NotFoundError, StateStoreError
 from statestore.models import Tenant, TenantStatus, TokenRole, WorkflowStatus
 
@@ -52,7 +53,8 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 
 
 def common_options(fn: F) -> F:
-    """``--url`` and ``--json``, accepted on the group and on every subcommand."""
+    """``--url``, ``--direct-url`` and ``--json``, accepted on the group and on every
+    subcommand."""
     fn = click.option(
         "--json",
         "as_json",
@@ -71,6 +73,18 @@ def common_options(fn: F) -> F:
         is_eager=True,
         metavar="URL",
         help=f"Database URL (default: ${URL_ENV_VAR}, else ./statestore.db).",
+    )(fn)
+    fn = click.option(
+        "--direct-url",
+        default=None,
+        expose_value=False,
+        callback=_remember,
+        is_eager=True,
+        metavar="URL",
+        help=(
+            "PostgreSQL behind PgBouncer: a direct URL for the sessions a pooler cannot "
+            f"hold (wake-ups, the maintenance leader; default: ${DIRECT_URL_ENV_VAR})."
+        ),
     )(fn)
     return fn
 
@@ -101,9 +115,10 @@ def with_store(*, read_only: bool) -> Callable[[Callable[..., Awaitable[Any]]], 
                 from statestore.store import StateStore
 
                 url = _setting("url")
+                direct_url = _setting("direct_url") or os.environ.get(DIRECT_URL_ENV_VAR)
                 if read_only:
-                    require_existing_database(parse_database_url(url))
-                store = await StateStore.connect(url)
+                    require_existing_database(parse_database_url(url, direct_url))
+                store = await StateStore.connect(url, direct_url=direct_url)
                 try:
                     return await fn(store, *args, **kwargs)
                 finally:

@@ -9,7 +9,9 @@ events, patch the state, enqueue the next node, and for the last node complete t
 with a materialized snapshot). One worker is killed mid-lease: its item comes back through
 reclaim and its step runs again, recorded once. A poison item, whose worker dies every time
 it takes it, ends in the dead-letter queue. Idle workers wait in ``claim_work_item(...,
-wait=...)``, woken by the database; ``run_maintenance`` reclaims expired leases.
+wait=...)``, woken by the database; ``run_maintenance`` reclaims expired leases, and the
+demo learns that the poison item was dead-lettered from maintenance's own report of what it
+reclaimed (its log record), not by polling the dead-letter queue.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -157,7 +160,6 @@ async def run_demo(
     state = _RunState(total=executions, progress=progress, done=done)
     # Built-in maintenance reclaims the leases the dead worker and the poison item leave.
     maintenance = asyncio.create_task(tenant_store.run_maintenance(every=MAINTENANCE_EVERY))
-    reclaimer = asyncio.create_task(_watch_poison(tenant_store, state))
     crew = [
         asyncio.create_task(
             # With two or more workers, worker-0 dies holding a lease after five items.
@@ -168,11 +170,12 @@ async def run_demo(
         for n in range(workers)
     ]
     try:
-        await asyncio.wait_for(done.wait(), timeout=give_up_after)
+        with _hearing_dead_letters(poison.id, state.poison_dead_lettered):
+            await asyncio.wait_for(done.wait(), timeout=give_up_after)
     finally:
-        for task in (*crew, reclaimer, maintenance):
+        for task in (*crew, maintenance):
             task.cancel()
-        for task in (*crew, reclaimer, maintenance):
+        for task in (*crew, maintenance):
             with contextlib.suppress(asyncio.CancelledError, _Killed):
                 await task
     await tenant_store.update_execution_status(poison_execution.execution_id, WorkflowStatus.FAILED)
@@ -210,6 +213,10 @@ class _RunState:
             self.progress(self.completed, self.total)
         self.check_done()
 
+    def poison_dead_lettered(self) -> None:
+        self.poison_dead = True
+        self.check_done()
+
     def check_done(self) -> None:
         if self.completed >= self.total and self.poison_dead:
             self.done.set()
@@ -237,7 +244,6 @@ async def _worker(
             if not payload.get("poison"):
                 state.killed_items += 1
                 raise _Killed(name)
-            await asyncio.sleep(0)
             continue
         handled += 1
         await _run_node(store, name, item, state)
@@ -289,13 +295,37 @@ async def _run_node(store: StateStore, worker: str, item: WorkItem, state: _RunS
         state.execution_done()
 
 
-async def _watch_poison(store: StateStore, state: _RunState) -> None:
-    """Notice when maintenance has dead-lettered the poison item (the demo's end)."""
-    while not state.poison_dead:
-        letters = await store.list_dead_letters(limit=10)
-        state.poison_dead = any(d.item.node_id == "poison" for d in letters)
-        state.check_done()
-        await asyncio.sleep(MAINTENANCE_EVERY.total_seconds())
+class _DeadLetterReport(logging.Handler):
+    """Hears maintenance report what it reclaimed (the ``reclaimed`` of its log record) and
+    calls ``heard`` once ``item_id`` is among the items it dead-lettered."""
+
+    def __init__(self, item_id: uuid.UUID, heard: Callable[[], None]) -> None:
+        super().__init__(logging.INFO)
+        self._item_id = item_id
+        self._heard = heard
+
+    def emit(self, record: logging.LogRecord) -> None:
+        reclaimed = getattr(record, "reclaimed", None)
+        exhausted = getattr(reclaimed, "exhausted", ())
+        if any(item.id == self._item_id for item in exhausted):
+            self._heard()  # maintenance runs on the demo's loop: this is its thread
+
+
+@contextlib.contextmanager
+def _hearing_dead_letters(item_id: uuid.UUID, heard: Callable[[], None]) -> Iterator[None]:
+    """For the block, ``heard()`` when maintenance dead-letters ``item_id`` (the store's
+    logger lets its INFO records through meanwhile, if it did not)."""
+    logger = logging.getLogger("statestore")
+    level = logger.level
+    if not logger.isEnabledFor(logging.INFO):
+        logger.setLevel(logging.INFO)
+    handler = _DeadLetterReport(item_id, heard)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def queue_is_settled(stats: dict[str, dict[WorkItemStatus, int]]) -> bool:

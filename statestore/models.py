@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated
+from functools import cache
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -40,6 +41,42 @@ in UTC (year 1 at +05:00), are refused."""
 class _Model(BaseModel):
     # Models are mutable; the store re-validates what it is given ("always").
     model_config = ConfigDict(extra="forbid", revalidate_instances="always")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def from_database(model: type[M], /, **values: Any) -> M:
+    """A model built from a row the store read, without validating it again. Every value
+    is already of its field's type: the column types decode them (UUIDs, aware UTC
+    datetimes, JSON documents, integers), the row-to-model functions convert enums, and
+    the kinds are parsed (and validated) once from their JSON text. Validating such a row
+    would check all of that a second time and copy each kind (``revalidate_instances``):
+    most of a read's Python time.
+
+    ``values`` name every field, so ``model_fields_set`` is what the validating
+    constructor would give. The instance is made the way ``model_construct`` makes it,
+    without its per-field loop over defaults and aliases (which costs about what
+    validation does); a model with private attributes or a post-init hook, or values that
+    do not name every field, go through ``model_construct`` itself."""
+    if len(values) != len(model.__pydantic_fields__) or _needs_construct(model):
+        return model.model_construct(**values)
+    instance = model.__new__(model)
+    _set = object.__setattr__
+    _set(instance, "__dict__", values)
+    _set(instance, "__pydantic_fields_set__", set(values))
+    _set(instance, "__pydantic_extra__", None)
+    _set(instance, "__pydantic_private__", None)
+    return instance
+
+
+@cache
+def _needs_construct(model: type[BaseModel]) -> bool:
+    return bool(
+        model.__pydantic_post_init__
+        or model.__private_attributes__
+        or model.model_config.get("extra") == "allow"
+    )
 
 
 class WorkflowStatus(StrEnum):

@@ -17,7 +17,13 @@ from statestore.db.maintenance import Leadership, sqlite_housekeeping
 from statestore.db.runner import Call
 from statestore.db.tenancy import Scope
 from statestore.db.wakeup import FALLBACK_POLL_S
-from statestore.errors import ConflictError, LeaseLostError, StateStoreError, ValidationError
+from statestore.errors import (
+    ConflictError,
+    LeaseLostError,
+    NotFoundError,
+    StateStoreError,
+    ValidationError,
+)
 from statestore.models import ApiToken, Event, ReclaimResult, WorkflowExecution, WorkItem
 from statestore.repositories.auth import AuthRepository
 from statestore.repositories.events import EventRepository
@@ -82,13 +88,17 @@ async def claim_waiting(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     waker = backend.waker
-    with waker.waiting(queue_types) as woken:
+    waited = False
+    with waker.waiting(queue_types, scope) as woken:
         while True:
             woken.clear()  # before the claim: a commit after it wakes the wait below
             items = await backend.write(claim, scope)
+            if waited and len(items) == limit:
+                woken.set()  # there may be more: leaving with it set wakes the next waiter
             remaining = deadline - loop.time()
             if items or remaining <= 0:
                 return items
+            waited = True
             due = await backend.read(Call(queue.next_due, (queue_types,)), scope)
             timeout = remaining
             if due is not None:
@@ -155,8 +165,9 @@ async def heartbeat(
     renew: Callable[[], Awaitable[datetime]], every: timedelta
 ) -> AsyncIterator[None]:
     """Call ``renew`` every ``every`` while the block runs. If a renewal finds the lease
-    lost, the block is cancelled and :class:`LeaseLostError` raised out of it; any other
-    failure of a renewal is logged and retried at the next tick (the lease may still hold)."""
+    lost (or the item gone), the block is cancelled and :class:`LeaseLostError` raised out
+    of it; any other failure of a renewal is logged and retried at the next tick (the lease
+    may still hold)."""
     if not isinstance(every, timedelta) or not every.total_seconds() > 0:
         raise ValidationError("every must be a positive timedelta")
     interval = every.total_seconds()
@@ -169,7 +180,12 @@ async def heartbeat(
         while True:
             await asyncio.sleep(interval)
             try:
-                await renew()
+                try:
+                    await renew()
+                except NotFoundError as gone:
+                    # The item is gone (or was never this scope's): no lease can be held on
+                    # it, and retrying would only log the same failure at every tick.
+                    raise LeaseLostError(str(gone)) from None
             except LeaseLostError as exc:
                 # This task runs only while the block is suspended: if the block is still
                 # inside, the cancellation lands in it, never after it.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, aclosing
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
@@ -122,6 +122,7 @@ class StateStore:
         busy_timeout: float = 30.0,
         readers: int = 2,
         max_artifact_bytes: int = 64 * 1024 * 1024,
+        direct_url: str | None = None,
         **engine_options: Any,
     ) -> Self:
         """Connect to a database without migrating it.
@@ -132,8 +133,11 @@ class StateStore:
         every timestamp the store sets (default: system UTC time). SQLite only:
         ``durability`` ("NORMAL" or "FULL" for ``synchronous``), ``busy_timeout`` seconds,
         ``readers`` reader threads. ``max_artifact_bytes``: the largest artifact
-        ``put_artifact`` takes (default 64 MiB). Other keyword arguments go to SQLAlchemy's
-        ``create_async_engine``.
+        ``put_artifact`` takes (default 64 MiB). PostgreSQL behind PgBouncer in transaction
+        pooling mode: add ``?pgbouncer=true`` to ``url`` and give ``direct_url``, the
+        database without the pooler, for the store's session connections (the LISTEN that
+        wakes waiting claims, the maintenance leader's lock). Other keyword arguments go
+        to SQLAlchemy's ``create_async_engine``.
         """
         options = StoreOptions(
             clock or utc_now,
@@ -144,7 +148,7 @@ class StateStore:
             readers,
             max_artifact_bytes,
         )
-        config = parse_database_url(url)
+        config = parse_database_url(url, direct_url)
         if cls._only_dialect is not None and config.dialect != cls._only_dialect:
             raise ConfigurationError(
                 f"{cls.__name__} accepts only {cls._only_dialect} URLs, got {config.dialect}"
@@ -375,11 +379,15 @@ class StateStore:
         self, after: int = 0, *, follow: bool = False, batch: int = 500
     ) -> AsyncIterator[Event]:
         """Stream the feed after ``after``, ``batch`` (1..10000) per read. With ``follow``
-        it waits for new events (a bounded poll) instead of ending."""
-        async for event in feed.iter_feed(
-            self._backend, self._scope, self.events, after, follow, batch
-        ):
-            yield event
+        it waits for new events instead of ending: woken by the store's commits and (on
+        PostgreSQL) work notifications, with a bounded poll for the rest."""
+        # Closed with this generator, not when the collector finds it: a follower's waiter
+        # must not outlive the loop that left it.
+        async with aclosing(
+            feed.iter_feed(self._backend, self._scope, self.events, after, follow, batch)
+        ) as events:
+            async for event in events:
+                yield event
 
     async def save_checkpoint(self, consumer: str, position: int) -> None:
         """Save a feed consumer's position (per tenant; the unscoped store's is the

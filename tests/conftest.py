@@ -3,7 +3,9 @@ PostgreSQL (``backend`` is parametrised). PostgreSQL tests skip only when the se
 unreachable outside CI; with ``CI=true`` they fail instead.
 
 Tests marked ``memory`` (a module's ``pytestmark``) also run on ``sqlite:///:memory:``,
-the third backend; ``no_memory`` takes one test of such a module out again.
+the third backend; ``no_memory`` takes one test of such a module out again. Tests marked
+``pgbouncer`` also run on the session's PostgreSQL database through PgBouncer in transaction
+pooling mode (``tests/pgbouncer_server.py``; skipped without it, failed under ``CI=true``).
 
 Each SQLite test gets a copy of one file migrated once per session; each PostgreSQL test
 the session's database, emptied by ``TRUNCATE``. Both are as a fresh ``StateStore.open``
@@ -20,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pgbouncer_server
 import pytest
+from sqlalchemy.engine import make_url
 
 from statestore import StateStore
 
@@ -42,6 +46,7 @@ StoreFactory = Callable[..., Awaitable[StateStore]]
 BACKENDS = ("sqlite", "postgresql")
 MEMORY = "memory"
 MEMORY_URL = "sqlite:///:memory:"
+PGBOUNCER = "pgbouncer"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -51,6 +56,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "store is a database of its own)",
     )
     config.addinivalue_line("markers", "no_memory(reason): not on sqlite:///:memory:")
+    config.addinivalue_line(
+        "markers", "pgbouncer: also run on PostgreSQL through PgBouncer (transaction pooling)"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -65,7 +73,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     on_memory = definition.get_closest_marker("memory") and not definition.get_closest_marker(
         "no_memory"
     )
-    metafunc.parametrize("backend", [*BACKENDS, MEMORY] if on_memory else BACKENDS, indirect=True)
+    backends = [*BACKENDS, MEMORY] if on_memory else [*BACKENDS]
+    if definition.get_closest_marker("pgbouncer"):
+        backends.append(PGBOUNCER)
+    metafunc.parametrize("backend", backends, indirect=True)
 
 
 def _pg_url(database: str) -> str:
@@ -116,9 +127,28 @@ async def reset_pg(url: str) -> None:
         await conn.close()
 
 
+@pytest.fixture(scope="session")
+def pgbouncer_port(pg_database: str) -> Iterator[int]:
+    """A PgBouncer (transaction pooling, two server connections) in front of the server."""
+    program = pgbouncer_server.executable()
+    if program is None:
+        if IN_CI:
+            pytest.fail("CI=true but pgbouncer is missing: make install installs it")
+        pytest.skip("no pgbouncer (make install installs it)")
+    with pgbouncer_server.pgbouncer(program, pg_database) as port:
+        yield port
+
+
+def behind_pgbouncer(url: str, port: int) -> str:
+    """``url``'s database through the PgBouncer on ``port``, marked ``pgbouncer=true``."""
+    through = make_url(url).set(port=port, query={"pgbouncer": "true"})
+    return through.render_as_string(hide_password=False)
+
+
 @pytest.fixture
 def backend(request: pytest.FixtureRequest) -> str:
-    """``sqlite``, ``postgresql`` or ``memory`` (parametrised by :func:`pytest_generate_tests`)."""
+    """``sqlite``, ``postgresql``, ``memory`` or ``pgbouncer`` (parametrised by
+    :func:`pytest_generate_tests`)."""
     return str(request.param)
 
 
@@ -139,8 +169,11 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def pg_url(backend: str, request: pytest.FixtureRequest) -> str | None:
-    """The session's PostgreSQL database, requested only by PostgreSQL-backed tests."""
-    return str(request.getfixturevalue("pg_database")) if backend == "postgresql" else None
+    """The session's PostgreSQL database (direct, also for the PgBouncer backend), requested
+    only by PostgreSQL-backed tests."""
+    if backend not in ("postgresql", PGBOUNCER):
+        return None
+    return str(request.getfixturevalue("pg_database"))
 
 
 @pytest.fixture
@@ -154,22 +187,32 @@ def sqlite_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
 
 
 @pytest.fixture
-async def database_url(backend: str, pg_url: str | None, sqlite_url: str | None) -> str:
+async def database_url(
+    backend: str, pg_url: str | None, sqlite_url: str | None, request: pytest.FixtureRequest
+) -> str:
     """URL of an empty database at head revision, fresh for this test. On ``memory`` it is
-    ``sqlite:///:memory:``: the test's one store (:func:`make_store`) is its database."""
+    ``sqlite:///:memory:``: the test's one store (:func:`make_store`) is its database. On
+    ``pgbouncer`` the PostgreSQL database through PgBouncer."""
     if pg_url is not None:
         await reset_pg(pg_url)
+        if backend == PGBOUNCER:
+            return behind_pgbouncer(pg_url, request.getfixturevalue("pgbouncer_port"))
         return pg_url
     return sqlite_url or MEMORY_URL
 
 
 @pytest.fixture
-async def make_store(database_url: str) -> AsyncIterator[StoreFactory]:
+async def make_store(
+    database_url: str, backend: str, pg_url: str | None
+) -> AsyncIterator[StoreFactory]:
     """Open more stores (e.g. with a clock) on this test's database; all closed at the end.
-    On ``memory`` only one: it opens (and migrates) the test's in-memory database."""
+    On ``memory`` only one: it opens (and migrates) the test's in-memory database. Through
+    PgBouncer the stores get the database itself as their ``direct_url``."""
     stores: list[StateStore] = []
 
     async def factory(**options: Any) -> StateStore:
+        if backend == PGBOUNCER:
+            options.setdefault("direct_url", pg_url)
         if database_url != MEMORY_URL:
             store = await StateStore.connect(database_url, **options)
         elif stores:

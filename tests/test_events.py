@@ -42,7 +42,8 @@ from statestore import (
     WorkflowStarted,
 )
 
-pytestmark = pytest.mark.memory  # also on sqlite:///:memory: (conftest)
+# Also on sqlite:///:memory: and through PgBouncer (conftest).
+pytestmark = [pytest.mark.memory, pytest.mark.pgbouncer]
 
 StoreFactory = Callable[..., Awaitable[StateStore]]
 

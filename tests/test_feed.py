@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import re
+import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from conftest import StoreFactory
 from sqlalchemy import text
@@ -20,7 +25,10 @@ from statestore import (
     Tenant,
     ValidationError,
     WorkflowExecution,
+    WorkItem,
+    feed,
 )
+from statestore.db.wakeup import asyncpg_dsn
 
 
 async def _execution(store: StateStore) -> WorkflowExecution:
@@ -249,3 +257,252 @@ async def test_the_upgrade_numbers_stored_events_in_execution_order(store: State
     await store.append_event(Event(execution_id=b.execution_id, kind=CustomEvent(type="new")))
     (latest,) = await store.read_feed(after=positions[-1])
     assert latest.kind.type == "new"
+
+
+# ---------------------------------------------------------------- following: wake-ups
+
+LONG_POLL_S = 60.0
+"""The follower's poll in the wake-up tests: an event that arrives well before it was
+delivered by a wake-up, not by the poll."""
+WAKE_BOUND_S = 5.0
+"""Generous: a wake-up takes milliseconds; the bound only has to sit far below the poll."""
+FOLLOWER = Path(__file__).with_name("feed_follow_worker.py")
+
+
+@pytest.fixture
+def long_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Followers that, without a wake-up, would not read again for a minute."""
+    monkeypatch.setattr(feed, "FIRST_POLL_S", LONG_POLL_S)
+    monkeypatch.setattr(feed, "MAX_POLL_S", LONG_POLL_S)
+
+
+class Follower:
+    """``iter_feed(follow=True)`` of ``store`` in a task; each event with its arrival time."""
+
+    def __init__(self, store: StateStore, after: int) -> None:
+        self.arrived: list[tuple[Event, float]] = []
+        self.taken = 0
+        self.new = asyncio.Event()
+        self.task = asyncio.create_task(self._follow(store, after))
+
+    async def _follow(self, store: StateStore, after: int) -> None:
+        async for event in store.iter_feed(after=after, follow=True):
+            self.arrived.append((event, time.time()))
+            self.new.set()
+
+    async def next(self, within: float = WAKE_BOUND_S) -> tuple[Event, float]:
+        """The next event not returned yet, waited for at most ``within`` seconds."""
+        while len(self.arrived) == self.taken:
+            self.new.clear()
+            await asyncio.wait_for(self.new.wait(), within)
+        self.taken += 1
+        return self.arrived[self.taken - 1]
+
+
+async def following(store: StateStore) -> Follower:
+    """A follower from the feed's end, once it is registered, past its first read and
+    (PostgreSQL) listening."""
+    last = [e async for e in store.iter_feed()]
+    follower = Follower(store, last[-1].position or 0 if last else 0)
+    waker = store._backend.waker
+    for _ in range(500):
+        if waker._followers and waker.reliable:
+            break
+        await asyncio.sleep(0.01)
+    assert waker._followers and waker.reliable
+    await asyncio.sleep(0.1)  # past the reads a (re)connection's signal causes
+    return follower
+
+
+async def stop(follower: Follower, store: StateStore) -> None:
+    """Cancel the follower: its waiter is gone at once."""
+    followers = len(store._backend.waker._followers)
+    follower.task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await follower.task
+    assert len(store._backend.waker._followers) == followers - 1
+
+
+@pytest.mark.usefixtures("long_poll")
+async def test_followers_are_woken_by_their_own_store_s_append(store: StateStore) -> None:
+    """SQLite: the writer's commit signal; PostgreSQL: the signal after the store's own
+    write returned. Both well before the (minute-long) poll would read again, and every
+    follower, not one of them."""
+    execution = await _execution(store)
+    followers = [await following(store), await following(store)]
+    latencies = []
+    for i in range(3):
+        await store.append_event(
+            Event(execution_id=execution.execution_id, kind=CustomEvent(type=f"w{i}"))
+        )
+        returned = time.time()
+        for follower in followers:
+            event, arrived = await follower.next()
+            assert event.kind.type == f"w{i}"
+            assert arrived - returned < WAKE_BOUND_S
+            latencies.append(round((arrived - returned) * 1000, 1))
+    print(f"in-process followers woken after the append returned (ms): {latencies}")
+    for follower in followers:
+        await stop(follower, store)
+
+
+@pytest.mark.usefixtures("long_poll")
+async def test_a_scoped_follower_is_woken_by_its_tenant_s_events_only(store: StateStore) -> None:
+    executions = {}
+    for tenant_id in ("acme", "globex"):
+        await store.create_tenant(Tenant(id=tenant_id, name=tenant_id))
+        executions[tenant_id] = await _execution(store.for_tenant(tenant_id))
+    acme = store.for_tenant("acme")
+    follower = await following(acme)
+    for tenant_id in ("globex", "acme", "globex", "acme"):
+        await store.for_tenant(tenant_id).append_event(
+            Event(execution_id=executions[tenant_id].execution_id, kind=CustomEvent(type=tenant_id))
+        )
+    first, _ = await follower.next()
+    second, _ = await follower.next()
+    assert [first.tenant_id, second.tenant_id] == ["acme", "acme"]
+    await asyncio.sleep(0.1)
+    # Their commits woke it too (a wake-up is only a hint); its scoped reads returned none.
+    assert len(follower.arrived) == 2
+    await stop(follower, acme)
+
+
+@pytest.mark.usefixtures("long_poll")
+async def test_a_follower_is_woken_by_another_process(
+    store: StateStore, database_url: str, backend: str
+) -> None:
+    """A real child process writes. SQLite: any commit (a plain append, a start), seen by
+    the change check. PostgreSQL: a write that notifies (``start_execution`` with a work
+    item); another process's plain append sends no notification and reaches a follower by
+    its poll (the next test)."""
+    follower = await following(store)
+    for mode in ("append", "start") if backend == "sqlite" else ("start",):
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, str(FOLLOWER), database_url, mode, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await child.communicate()
+        assert child.returncode == 0
+        event, arrived = await follower.next(within=30)
+        assert event.kind.type == "from-child"
+        latency = arrived - float(out.decode().split()[-1])
+        assert latency < WAKE_BOUND_S, mode
+        print(f"follower woken by another process's {mode}: {latency * 1000:.1f} ms")
+    await stop(follower, store)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_another_process_s_plain_append_reaches_a_follower_by_the_poll(
+    store: StateStore, database_url: str
+) -> None:
+    follower = await following(store)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, str(FOLLOWER), database_url, "append", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await child.communicate()
+    assert child.returncode == 0
+    event, arrived = await follower.next(within=30)
+    assert event.kind.type == "from-child"
+    assert arrived - float(out.decode().split()[-1]) < feed.MAX_POLL_S + WAKE_BOUND_S
+    await stop(follower, store)
+
+
+@pytest.mark.usefixtures("long_poll")
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_a_follower_survives_a_dropped_listener(
+    store: StateStore, make_store: StoreFactory, database_url: str
+) -> None:
+    """The listener killed: while it is down the follower polls (the claims' fallback
+    period, not the minute-long poll) and gets another store's plain append; once the
+    listener is back, a notifying write from that store wakes it again."""
+    other = await make_store()  # another store: another waker, like another process
+    execution = await _execution(other)
+    waker = store._backend.waker
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(feed, "FIRST_POLL_S", LONG_POLL_S)
+        patch.setattr(feed, "MAX_POLL_S", LONG_POLL_S)
+        follower = await following(store)
+        old_pid = waker.listener_pid
+        assert old_pid is not None
+        admin = await asyncpg.connect(asyncpg_dsn(store._backend.config))
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", old_pid)
+        finally:
+            await admin.close()
+        for _ in range(100):
+            if not waker.reliable:
+                break
+            await asyncio.sleep(0.01)
+        await other.append_event(
+            Event(execution_id=execution.execution_id, kind=CustomEvent(type="down"))
+        )
+        event, _ = await follower.next()
+        assert event.kind.type == "down"
+        for _ in range(500):
+            if waker.listener_pid not in (None, old_pid):
+                break
+            await asyncio.sleep(0.01)
+        assert waker.listener_pid not in (None, old_pid)
+        await asyncio.sleep(0.1)  # past the read the reconnection's signal causes
+        started = WorkflowExecution(workflow_id="wf", workflow_version="1")
+        work = WorkItem(execution_id=started.execution_id, node_id="n", queue_type="q")
+        await other.start_execution(started, events=[CustomEvent(type="back")], enqueue=[work])
+        returned = time.time()
+        event, arrived = await follower.next()
+        assert event.kind.type == "back" and arrived - returned < WAKE_BOUND_S
+        await stop(follower, store)
+
+
+async def test_cancelling_or_closing_a_follower_leaks_no_waiter(store: StateStore) -> None:
+    waker = store._backend.waker
+    assert [e async for e in store.iter_feed()] == []
+    assert not waker._followers and waker._task is None  # a plain read starts nothing
+    follower = await following(store)
+    await stop(follower, store)  # cancelled while it waits
+
+    execution = await _execution(store)
+    await store.append_events(
+        execution.execution_id, [CustomEvent(type="a"), CustomEvent(type="b")]
+    )
+    async with contextlib.aclosing(store.iter_feed(follow=True)) as events:
+        async for event in events:
+            assert waker._followers
+            if event.kind.type == "b":
+                break  # left while it was yielding, not waiting
+    assert not waker._followers
+    if store._backend.config.dialect == "sqlite":
+        # The change check runs only while someone waits.
+        await asyncio.sleep(0.2)
+        assert waker._task is not None and waker._task.done()
+    else:
+        assert waker._task is not None and not waker._task.done()  # one per store
+        await store.close()
+        assert waker._task is None or waker._task.done()
+
+
+def test_the_feed_benchmark_runs_at_a_small_size(database_url: str, backend: str) -> None:
+    """bench/feed.py end to end with 2 writer processes for half a second (no timing
+    thresholds): read, append and lag lines, and on PostgreSQL the NOTIFY-per-append ones."""
+    script = Path(__file__).resolve().parent.parent / "bench" / "feed.py"
+    args = ["--events", "200", "--writers", "2", "--seconds", "0.5", "--rounds", "1"]
+    result = subprocess.run(
+        [sys.executable, str(script), database_url, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    patterns = [
+        r"read: iter_feed [\d,]+ events/s, raw SELECT [\d,]+ events/s",
+        r"append, 2 writer processes: [\d,]+ events/s",
+        r"lag, 2 writer processes: \d+ events, p50 -?[\d.]+ ms, p99 -?[\d.]+ ms",
+    ]
+    if backend == "postgresql":
+        patterns += [
+            r"append, 2 writer processes, NOTIFY in each append: [\d,]+ events/s \([\d.]+x\)",
+            r"lag, 2 writer processes, NOTIFY in each append: \d+ events, p50 .* ms, p99 .* ms",
+        ]
+    for pattern in patterns:
+        assert any(re.fullmatch(pattern, line) for line in lines), (pattern, result.stdout)
+    assert len(lines) == len(patterns), result.stdout

@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 from conftest import Clock
 
-from statestore import LeaseLostError, StateStore, ValidationError, WorkflowExecution, WorkItem
+from statestore import (
+    LeaseLostError,
+    StateStore,
+    Tenant,
+    ValidationError,
+    WorkflowExecution,
+    WorkItem,
+)
 
 
 async def _claimed(store: StateStore) -> WorkItem:
@@ -77,3 +84,17 @@ async def test_heartbeat_refuses_a_bad_interval(make_store: Any) -> None:
         with pytest.raises(ValidationError):
             async with store.heartbeat(item, worker_id="w1", every=every):  # type: ignore[arg-type]
                 pass
+
+
+async def test_a_vanished_item_ends_the_block_with_lease_lost_error(make_store: Any) -> None:
+    """A renewal that finds no item (here: a tenant's view heartbeating the default tenant's
+    item, which it cannot see) ends the block at once instead of logging at every tick."""
+    store: StateStore = await make_store()
+    item = await _claimed(store)
+    await store.create_tenant(Tenant(id="other", name="Other"))
+    blind = store.for_tenant("other")
+    with pytest.raises(LeaseLostError, match="not found"):
+        async with blind.heartbeat(item, worker_id="w1", every=timedelta(milliseconds=50)):
+            await asyncio.sleep(5)  # cancelled by the first renewal
+    stored = await store.get_work_item(item.id)
+    assert stored is not None and stored.status == "claimed"  # nothing written

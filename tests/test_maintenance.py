@@ -127,7 +127,9 @@ async def _leaders(database_url: str) -> list[int]:
     admin = await asyncpg.connect(dsn)
     try:
         rows = await admin.fetch(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 AND granted",
+            # Advisory locks are per database: other test runs on this server hold their own.
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             MAINTENANCE_LOCK_KEY,
         )
         return [row["pid"] for row in rows]

@@ -28,7 +28,8 @@ from statestore import (
 )
 from statestore.db.schema import WorkItemRow
 
-pytestmark = pytest.mark.memory  # also on sqlite:///:memory: (conftest)
+# Also on sqlite:///:memory: and through PgBouncer (conftest).
+pytestmark = [pytest.mark.memory, pytest.mark.pgbouncer]
 
 WORKER = Path(__file__).with_name("queue_worker.py")
 

@@ -8,7 +8,12 @@
    to the tenant the model says (events, snapshots and work items to their execution's);
    every scoped ``list_*`` / ``queue_stats`` returns exactly that tenant's objects. Each
    scoped call on a foreign id must behave exactly like the same call on an id that does not
-   exist (same error class and message, or the same empty result) and change nothing.
+   exist (same error class and message, or the same empty result) and change nothing. The
+   Part 2 layer is driven too: turns, starts with idempotency keys, park, heartbeat,
+   materialize, continue-as-new and segment chains on both tenants' work; effects, feed
+   checkpoints and artifacts under the same keys in both tenants (each sees only its own);
+   the feed (``read_feed``, ``iter_feed``) of a tenant holds exactly its events; a tenant's
+   ``run_maintenance`` reclaims and deletes only its items.
 2. Explicit tests: the filter fails closed; every method on another tenant's ids is
    "missing"; unknown and suspended tenants; the tenant limits under concurrent creates.
 3. A static check that repositories do not use SQL the filter cannot see.
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import hashlib
 import os
 import re
 import uuid
@@ -76,8 +82,11 @@ from statestore import (
 )
 from statestore.db.schema import (
     ApiTokenRow,
+    ArtifactRow,
+    EffectRow,
     EventRow,
     ExecutionRow,
+    FeedCheckpointRow,
     SnapshotRow,
     TenantRow,
     WorkflowDefinitionRow,
@@ -115,6 +124,9 @@ class Truth:
     snapshots: dict[tuple[uuid.UUID, int], Row]
     items: dict[uuid.UUID, Row]
     tokens: dict[uuid.UUID, Row]
+    effects: dict[tuple[str, str], Row]
+    checkpoints: dict[tuple[str, str], Row]
+    artifacts: dict[tuple[str, str], Row]
     tenants: dict[str, Row]
     others: tuple[int, ...]
 
@@ -135,11 +147,17 @@ _OWNED = {
     "snapshots": SnapshotRow,
     "items": WorkItemRow,
     "tokens": ApiTokenRow,
+    "effects": EffectRow,
+    "checkpoints": FeedCheckpointRow,
+    "artifacts": ArtifactRow,
 }
 # How the rows of each table are keyed in Truth (by their id unless named here).
 _KEYS: dict[str, Callable[[Row], Any]] = {
     "workflows": lambda r: (r["tenant_id"], r["workflow_id"], r["version"]),
     "snapshots": lambda r: (r["execution_id"], r["at_sequence"]),
+    "effects": lambda r: (r["tenant_id"], r["key"]),
+    "checkpoints": lambda r: (r["tenant_id"], r["consumer"]),
+    "artifacts": lambda r: (r["tenant_id"], r["hash"]),
 }
 
 
@@ -302,6 +320,13 @@ class TenantIsolationMachine(RuleBasedStateMachine):
         self.limits: dict[str, TenantLimits] = {}
         self.workflow_ids = [f"wf{i}-{suffix}" for i in range(3)]
         self.queue_types = [f"q{i}-{suffix}" for i in range(2)]
+        # Part 2's keys, the same in both tenants (each tenant's are its own).
+        self.idempotency_keys = [f"k{i}-{suffix}" for i in range(2)]
+        self.effect_keys = [f"e{i}-{suffix}" for i in range(2)]
+        self.consumers = [f"c{i}-{suffix}" for i in range(2)]
+        self.blobs = [f"blob {i} {suffix}".encode() for i in range(2)]
+        self.checkpoints: dict[tuple[str, str], int] = {}  # (role or "D", consumer)
+        self.artifacts: set[tuple[str, str]] = set()  # (role or "D", hash)
         # The model: what each tenant owns, in creation order (deterministic picks).
         self.workflows: set[tuple[str, str, str]] = set()
         self.executions: dict[str, list[uuid.UUID]] = {"A": [], "B": []}
@@ -1012,6 +1037,8 @@ class TenantIsolationMachine(RuleBasedStateMachine):
                 and row["status"] == "pending"
                 and row["queue_type"] in types
                 and row["available_at"] <= now
+                # A suspended tenant's items wait until it is active again.
+                and self.status[self.role_of[row["tenant_id"]]] is TenantStatus.ACTIVE
             ),
             key=lambda row: (-row["priority"], row["created_at"]),
         )
@@ -1383,6 +1410,434 @@ class TenantIsolationMachine(RuleBasedStateMachine):
     def advance_clock(self, seconds: int) -> None:
         self.begin()
         self.clock.advance(seconds=seconds)
+
+    # ------------------------------------------------------------ Part 2: turns and keys
+
+    def _turn_target(self, actor: str, whose: str, pick: int, worker: str, fence: str) -> Any:
+        """A work item to act on as its holder (or not): (id, owner, worker_id, fence,
+        whether the call is the holder's with the current fence on a claimed item)."""
+        target, owner = self.pick(self.items, whose, pick)
+        kwargs = self._holder_args(target, worker, fence if fence != "none" else "right")
+        row = self.gt.items.get(target)
+        valid = row is not None and row["status"] == "claimed" and self._matches(row, kwargs)
+        return target, owner, kwargs["worker_id"], kwargs["lease_fence"], valid
+
+    @rule(
+        actor=ACTOR,
+        whose=WHOSE,
+        pick=PICK,
+        worker=st.sampled_from(["holder", "holder", "other"]),
+        fence=FENCE,
+        effect=st.integers(0, 1),
+        successor=st.booleans(),
+    )
+    def commit_turn(
+        self,
+        actor: str,
+        whose: str,
+        pick: int,
+        worker: str,
+        fence: str,
+        effect: int,
+        successor: bool,
+    ) -> None:
+        """A turn on another tenant's item looks missing and writes nothing; on a visible
+        one its events, successor and effect are the item's tenant's."""
+        self.begin()
+        target, owner, worker_id, lease_fence, valid = self._turn_target(
+            actor, whose, pick, worker, fence
+        )
+        row = self.gt.items.get(target)
+        execution_id = uuid.uuid4() if row is None else row["execution_id"]
+        successor_id = uuid.uuid4()
+        key = self.effect_keys[effect]
+
+        def args(i: uuid.UUID) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            enqueue = [
+                WorkItem(
+                    id=successor_id,
+                    execution_id=execution_id,
+                    node_id="next",
+                    queue_type=self.queue_types[0],
+                )
+            ]
+            return (i,), {
+                "worker_id": worker_id,
+                "lease_fence": lease_fence,
+                "events": [{"type": "turn", "n": self.counter}],
+                "state_patch": {"turn": self.counter},
+                "enqueue": enqueue if successor else [],
+                "effect_key": key,
+                "effect": {"n": self.counter},
+            }
+
+        lost = (NotFoundError, LeaseLostError)
+        if self.hidden(actor, owner, "commit_turn", target, args, lost):
+            return
+        assert row is not None
+        acceptable: set[Any] = {OK} if valid else {LeaseLostError}
+        if valid and successor and self.status[owner] is not TenantStatus.ACTIVE:
+            acceptable = {TenantSuspendedError}
+        got = self.call(actor, "commit_turn", *args(target)[0], **args(target)[1])
+        self.expect(got, acceptable, f"{actor}.commit_turn ({row['status']})")
+        if not got.ok:
+            return
+        self.allow(owner)
+        tenant_id = self.tenant[owner]
+        existing = self.gt.effects.get((tenant_id, key))
+        if successor:
+            self.items[owner].append(successor_id)
+
+        def check(truth: Truth) -> None:
+            assert truth.items[target]["status"] == "completed"
+            recorded = truth.effects[(tenant_id, key)]  # first writer wins, per tenant
+            assert recorded["value"] == (existing or {"value": {"n": self.counter}})["value"]
+            assert truth.executions[recorded["execution_id"]]["tenant_id"] == tenant_id
+
+        self.post.append(check)
+
+    @rule(actor=ACTOR, key=st.integers(0, 1))
+    def get_effect(self, actor: str, key: int) -> None:
+        """A view reads its own tenant's effect under a key, never another's."""
+        self.begin()
+        tenant_id = self.tenant[actor] if actor != "U" else "default"
+        row = self.gt.effects.get((tenant_id, self.effect_keys[key]))
+        got = self.call(actor, "get_effect", self.effect_keys[key])
+        assert got.ok, got
+        assert got.value == (None if row is None else row["value"]), (
+            f"{actor}.get_effect -> {got.value!r}, its tenant's row is {row!r}"
+        )
+
+    @rule(
+        actor=ACTOR,
+        role=ROLE,
+        key=st.sampled_from([0, 1, None]),
+        successor=st.booleans(),
+        dup=st.sampled_from(["new", "new", "new", "A", "B"]),
+        pick=PICK,
+    )
+    def start_execution(
+        self, actor: str, role: str, key: int | None, successor: bool, dup: str, pick: int
+    ) -> None:
+        """An idempotency key finds only its own tenant's execution: the same key in the
+        other tenant starts a new one."""
+        self.begin()
+        owner = role if actor == "U" else actor
+        tenant_id = self.tenant[owner]
+        idempotency_key = None if key is None else self.idempotency_keys[key]
+        execution_id, dup_owner = self.pick(self.executions, dup, pick)
+        execution = WorkflowExecution(
+            execution_id=execution_id,
+            workflow_id=self.workflow_ids[0],
+            workflow_version="1",
+            status=WorkflowStatus.RUNNING,
+            **self.model_tenant(actor, owner, "own"),
+        )
+        item = WorkItem(execution_id=execution_id, node_id="first", queue_type=self.queue_types[1])
+        started = [
+            row
+            for row in self.gt.executions.values()
+            if row["tenant_id"] == tenant_id and row["idempotency_key"] == idempotency_key
+        ]
+        errors: set[Any] = set()
+        if self.status[owner] is not TenantStatus.ACTIVE:
+            errors.add(TenantSuspendedError)
+        limit = self.limits[owner].max_concurrent_executions
+        active = sum(
+            1
+            for row in self.gt.executions.values()
+            if row["tenant_id"] == tenant_id and row["status"] in ACTIVE_STATUSES
+        )
+        if limit is not None and active >= limit:
+            errors.add(TenantLimitExceededError)
+        if dup_owner is not None:
+            errors.add(ConflictError)
+        acceptable = ({OK} | errors) if idempotency_key is not None and started else errors
+        got = self.call(
+            actor,
+            "start_execution",
+            execution,
+            events=[{"type": "started"}],
+            enqueue=[item] if successor else [],
+            idempotency_key=idempotency_key,
+        )
+        self.expect(got, acceptable or {OK}, f"{actor}.start_execution for {owner}")
+        if not got.ok:
+            return
+        found, created = got.value
+        assert found.tenant_id == tenant_id, f"{actor}.start_execution -> {found!r}"
+        if started and idempotency_key is not None:
+            assert not created and found.execution_id == started[0]["id"], got
+            return
+        assert created, got
+        self.allow(owner)
+        self.executions[owner].append(execution_id)
+        if successor:
+            self.items[owner].append(item.id)
+
+    @rule(
+        actor=ACTOR,
+        whose=WHOSE,
+        pick=PICK,
+        worker=st.sampled_from(["holder", "holder", "other"]),
+        fence=FENCE,
+        later=st.booleans(),
+    )
+    def park_work_item(
+        self, actor: str, whose: str, pick: int, worker: str, fence: str, later: bool
+    ) -> None:
+        self.begin()
+        target, owner, worker_id, lease_fence, valid = self._turn_target(
+            actor, whose, pick, worker, fence
+        )
+        kwargs: dict[str, Any] = {"worker_id": worker_id, "lease_fence": lease_fence}
+        if later:
+            kwargs["retry_in"] = timedelta(seconds=5)
+        lost = (NotFoundError, LeaseLostError)
+        if self.hidden(actor, owner, "park_work_item", target, on(**kwargs), lost):
+            return
+        got = self.call(actor, "park_work_item", target, **kwargs)
+        self.expect(got, {OK} if valid else {LeaseLostError}, f"{actor}.park_work_item")
+        if got.ok:
+            self.allow(owner)
+            self.post.append(
+                lambda truth: self._assert_equal(truth.items[target]["status"], "pending")
+            )
+
+    def beat(self, actor: str, item_id: uuid.UUID, worker_id: str, fence: int, hold: float) -> Any:
+        """``heartbeat`` on ``item_id`` renewing every 5 ms while its block runs ``hold``
+        seconds (cut short by a lost lease)."""
+        item = WorkItem(
+            id=item_id,
+            execution_id=uuid.uuid4(),
+            node_id="n",
+            queue_type=self.queue_types[0],
+            lease_fence=fence,
+        )
+
+        async def beating() -> None:
+            every = timedelta(milliseconds=5)
+            async with self.stores[actor].heartbeat(item, worker_id=worker_id, every=every):
+                await asyncio.sleep(hold)
+
+        return self.run(attempt(beating()))
+
+    @rule(
+        actor=ACTOR,
+        whose=WHOSE,
+        pick=PICK,
+        worker=st.sampled_from(["holder", "holder", "other"]),
+        fence=FENCE,
+    )
+    def heartbeat(self, actor: str, whose: str, pick: int, worker: str, fence: str) -> None:
+        """Renewals of another tenant's lease fail as for a missing item (the block is
+        cut short with the same error) and renew nothing."""
+        self.begin()
+        target, owner, worker_id, lease_fence, valid = self._turn_target(
+            actor, whose, pick, worker, fence
+        )
+        if not self.visible(actor, owner):
+            # A renewal that finds no item is logged and retried (the block runs on): the
+            # same for another tenant's item, which must renew nothing.
+            got = self.beat(actor, target, worker_id, lease_fence, hold=0.02)
+            ghost = uuid.uuid4()
+            baseline = self.beat(actor, ghost, worker_id, lease_fence, hold=0.02)
+            assert_like_missing(f"{actor}.heartbeat", got, target, baseline, ghost)
+            self.expect(got, {OK, NotFoundError, LeaseLostError}, f"{actor}.heartbeat, hidden")
+            return
+        row = self.gt.items[target]
+        valid = valid and row["lease_expires_at"] > self.clock.now
+        got = self.beat(actor, target, worker_id, lease_fence, hold=0.012 if valid else 0.5)
+        self.expect(got, {OK} if valid else {LeaseLostError}, f"{actor}.heartbeat")
+        if got.ok:
+            self.allow(owner)
+
+    @rule(actor=ACTOR, whose=WHOSE, pick=PICK)
+    def materialize(self, actor: str, whose: str, pick: int) -> None:
+        self.begin()
+        target, owner = self.pick(self.executions, whose, pick)
+        if self.hidden(actor, owner, "materialize", target, on()):
+            return
+        got = self.call(actor, "materialize", target)
+        assert got.ok, got
+        assert got.value.last_sequence == self.gt.executions[target]["last_sequence"]
+
+    @rule(
+        actor=ACTOR,
+        whose=WHOSE,
+        pick=PICK,
+        worker=st.sampled_from(["holder", "holder", "other"]),
+        fence=FENCE,
+    )
+    def continue_as_new(self, actor: str, whose: str, pick: int, worker: str, fence: str) -> None:
+        """The next segment of another tenant's execution cannot be started through its
+        item; a visible one's next segment is its tenant's."""
+        self.begin()
+        target, owner, worker_id, lease_fence, valid = self._turn_target(
+            actor, whose, pick, worker, fence
+        )
+        kwargs = {"worker_id": worker_id, "lease_fence": lease_fence, "state": {"n": 1}}
+        lost = (NotFoundError, LeaseLostError)
+        if self.hidden(actor, owner, "continue_as_new", target, on(**kwargs), lost):
+            return
+        row = self.gt.items[target]
+        execution = self.gt.executions[row["execution_id"]]
+        acceptable: set[Any] = {LeaseLostError}
+        # A retry after the segment was started returns it (whoever asks, on a visible item).
+        segments = [
+            r["id"]
+            for r in self.gt.executions.values()
+            if r["parent_execution_id"] == row["execution_id"]
+        ]
+        if segments and row["status"] == "completed":
+            acceptable.add(OK)
+        if valid:
+            # A segment completes its execution: refused like that transition would be.
+            acceptable = {OK, InvalidTransitionError, TenantSuspendedError}
+            acceptable |= {TenantLimitExceededError} if self.limits[owner] else set()
+        got = self.call(actor, "continue_as_new", target, **kwargs)
+        self.expect(got, acceptable, f"{actor}.continue_as_new ({execution['status']})")
+        if not got.ok:
+            return
+        self.allow(owner)
+        new = got.value
+        assert new.tenant_id == self.tenant[owner], f"{actor}.continue_as_new -> {new!r}"
+        assert not segments or new.execution_id == segments[0], (new, segments)
+        if new.execution_id not in self.executions[owner]:
+            self.executions[owner].append(new.execution_id)
+
+    @rule(actor=ACTOR, whose=WHOSE, pick=PICK)
+    def segment_chain(self, actor: str, whose: str, pick: int) -> None:
+        self.begin()
+        target, owner = self.pick(self.executions, whose, pick)
+        if self.hidden(actor, owner, "segment_chain", target, on(), allowed={OK}):
+            return
+        got = self.call(actor, "segment_chain", target)
+        assert got.ok, got
+        chain = got.value
+        assert chain and chain[-1].execution_id == target, chain
+        assert {e.tenant_id for e in chain} == {self.tenant[owner]}, chain
+
+    # ------------------------------------------------------------ Part 2: feed, artifacts
+
+    @rule(actor=ACTOR, streamed=st.booleans(), batch=st.sampled_from([1, 3, 100]))
+    def read_feed(self, actor: str, streamed: bool, batch: int) -> None:
+        """A scoped feed holds exactly its tenant's events, in position order; the unscoped
+        one holds both tenants' (from this example's first position on)."""
+        self.begin()
+        roles = ["A", "B"] if actor == "U" else [actor]
+        tenants = {self.tenant[r] for r in roles}
+        mine = sorted(
+            (r for r in self.gt.events.values() if r["position"] is not None),
+            key=itemgetter("position"),
+        )
+        # The unscoped feed reads from this example's first event on (earlier examples' come
+        # before it: examples run one after the other).
+        after = mine[0]["position"] - 1 if actor == "U" and mine else 0
+        if streamed:
+
+            async def stream() -> list[Event]:
+                return [e async for e in self.stores[actor].iter_feed(after, batch=batch)]
+
+            got = self.run(attempt(stream()))
+        else:
+            got = self.call(actor, "read_feed", after, limit=10_000)
+        assert got.ok, got
+        events = got.value
+        if actor != "U":
+            assert {e.tenant_id for e in events} <= tenants, f"{actor}'s feed leaks {events}"
+        ids = [e.id for e in events if e.tenant_id in tenants]
+        assert ids == [r["id"] for r in mine if r["tenant_id"] in tenants], (
+            f"{actor}'s feed: {len(ids)} events, expected its tenant's"
+        )
+
+    @rule(actor=ACTOR, consumer=st.integers(0, 1), position=st.integers(0, 50))
+    def checkpoint(self, actor: str, consumer: int, position: int) -> None:
+        """A consumer name is per tenant: saving A's position moves neither B's nor the
+        default tenant's under the same name."""
+        self.begin()
+        name = self.consumers[consumer]
+        owner = "D" if actor == "U" else actor
+        got = self.call(actor, "save_checkpoint", name, position)
+        assert got.ok, got
+        self.allow(owner)
+        self.checkpoints[(owner, name)] = position
+        for reader in ("A", "B", "U"):
+            got = self.call(reader, "get_checkpoint", name)
+            assert got.ok, got
+            expected = self.checkpoints.get(("D" if reader == "U" else reader, name), 0)
+            assert got.value == expected, f"{reader}.get_checkpoint({name!r}) -> {got.value}"
+
+    @rule(actor=ACTOR, blob=st.integers(0, 1), put=st.booleans())
+    def artifact(self, actor: str, blob: int, put: bool) -> None:
+        """Artifacts are per tenant: the same bytes stored by B are not A's to read."""
+        self.begin()
+        data = self.blobs[blob]
+        digest = hashlib.sha256(data).hexdigest()
+        owner = "D" if actor == "U" else actor
+        if put:
+            got = self.call(actor, "put_artifact", data, "text/plain")
+            assert got.ok and got.value.hash == digest, got
+            if (owner, digest) not in self.artifacts:
+                self.allow(owner)
+                self.artifacts.add((owner, digest))
+        for reader in ("A", "B", "U"):
+            got = self.call(reader, "get_artifact", digest)
+            assert got.ok, got
+            held = ("D" if reader == "U" else reader, digest) in self.artifacts
+            assert got.value == (data if held else None), f"{reader}.get_artifact -> {got!r}"
+
+    @rule(actor=ACTOR, retention=st.sampled_from([None, 30]))
+    def run_maintenance(self, actor: str, retention: int | None) -> None:
+        """A tenant's maintenance reclaims and deletes only that tenant's items (one round:
+        run until its expected changes show, then cancelled)."""
+        self.begin()
+        roles = ["A", "B"] if actor == "U" else [actor]
+        scope = {self.tenant[r] for r in roles}
+        now = self.clock.now
+        expired = {
+            i
+            for i, row in self.gt.items.items()
+            if row["tenant_id"] in scope
+            and row["status"] == "claimed"
+            and row["lease_expires_at"] <= now
+        }
+        settled = {
+            i
+            for i, row in self.gt.items.items()
+            if retention is not None
+            and row["tenant_id"] in scope
+            and row["status"] in ("completed", "failed")
+            and row["updated_at"] < now - timedelta(seconds=retention)
+        }
+
+        def round_done(truth: Truth) -> bool:
+            return not settled & set(truth.items) and all(
+                truth.items[i]["status"] != "claimed" for i in expired
+            )
+
+        async def one_round() -> None:
+            kwargs = {} if retention is None else {"retention": timedelta(seconds=retention)}
+            task = asyncio.create_task(self.stores[actor].run_maintenance(every=3600, **kwargs))
+            try:
+                tenants, tokens = [self.tenant["A"], self.tenant["B"]], self.tokens["D"]
+                for waited in range(250):
+                    await asyncio.sleep(0.02)
+                    if not (expired or settled):
+                        if waited >= 5:
+                            break  # nothing to wait for: a round had the time to run
+                    elif round_done(await self.env.read_truth(tenants, tokens)):
+                        break
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+        self.run(one_round())
+        touched = {self.role_of[self.gt.items[i]["tenant_id"]] for i in expired | settled}
+        self.allow(*touched, *(["D"] if actor == "U" else []))
+        for role in roles:
+            self.items[role] = [i for i in self.items[role] if i not in settled]
+        self.post.append(lambda truth: self._assert_equal(round_done(truth), True))
 
     # ------------------------------------------------------------ the unscoped view
 

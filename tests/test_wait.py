@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from statestore import StateStore, ValidationError, WorkflowExecution, WorkItem
+from statestore import StateStore, Tenant, ValidationError, WorkflowExecution, WorkItem
 from statestore.db.maintenance import Leadership
 from statestore.models import utc_now
 
@@ -236,3 +236,66 @@ async def test_url_options_reach_the_listener_and_the_leader(
 
 async def make_store_with_url(url: str) -> StateStore:
     return await StateStore.connect(url)
+
+
+def count_claims(store: StateStore) -> list[int]:
+    """A counter of the claim transactions ``store`` runs from now on (the backend's writes
+    of ``queue.claim``, the real database underneath)."""
+    backend = store._backend
+    counted = [0]
+    write = backend.write
+
+    async def counting(op: Any, scope: Any) -> Any:
+        if getattr(op, "method", None) == store.queue.claim:
+            counted[0] += 1
+        return await write(op, scope)
+
+    backend.write = counting  # type: ignore[method-assign]
+    return counted
+
+
+async def test_one_item_wakes_one_of_many_waiters(store: StateStore) -> None:
+    """A signal wakes one of the waiters that would claim the same item, not all of them
+    (each woken waiter runs a claim, and all but one would lose it)."""
+    eid = await execution(store)
+    tasks = [await waiting(store, wait=10) for _ in range(8)]
+    claims = count_claims(store)
+    await store.enqueue_work_item(item(eid))
+    done, pending = await asyncio.wait(tasks, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+    assert len(done) == 1 and done.pop().result() is not None
+    await asyncio.sleep(0.3)  # time for any other claims the enqueue set off
+    # The winner's claim, and the one it passed the wake-up on to (there may have been more).
+    assert claims[0] <= 3, claims
+    assert all(not task.done() for task in pending)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def test_items_of_one_transaction_reach_every_waiter(store: StateStore) -> None:
+    """Several items made claimable by one commit (one notification on PostgreSQL) each
+    reach a waiter: a woken waiter that claimed passes the wake-up on."""
+    eid = await execution(store)
+    tasks = [await waiting(store, wait=10) for _ in range(5)]
+    await store.run(lambda session: [store.queue.enqueue(session, item(eid)) for _ in range(5)])
+    claimed = await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert all(found is not None for found in claimed)
+    assert len({found.id for found in claimed}) == 5
+
+
+async def test_a_tenant_waiter_is_woken_beside_another_tenant_waiter(store: StateStore) -> None:
+    """Waiters of two tenants on one queue type are woken apart: an item of tenant B wakes
+    B's waiter even though A's waited longer (A's claim could not take it)."""
+    for tenant in ("a", "b"):
+        await store.create_tenant(Tenant(id=tenant, name=tenant))
+    a, b = store.for_tenant("a"), store.for_tenant("b")
+    first = await waiting(a, wait=10)
+    second = await waiting(b, wait=10)
+    eid = await execution(b)
+    start = time.perf_counter()
+    await b.enqueue_work_item(item(eid))
+    found = await asyncio.wait_for(second, 5)
+    assert found is not None and time.perf_counter() - start < LATENCY_BOUND_S
+    assert not first.done()
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)

@@ -47,13 +47,17 @@ class Backend:
 
     async def write(self, op: Operation[T], scope: Scope) -> T:
         """One write transaction (see :meth:`Runner.write`), traced when OpenTelemetry is
-        installed (:mod:`statestore.telemetry`)."""
+        installed (:mod:`statestore.telemetry`); then the store's feed followers are woken
+        (:meth:`Waker.wrote`: the write may have appended events)."""
         await self._ready()
         if telemetry.ENABLED:
-            return await telemetry.traced(
+            result = await telemetry.traced(
                 self.runner.write, op, scope, db_system=self.config.dialect, write=True
             )
-        return await self.runner.write(op, scope)
+        else:
+            result = await self.runner.write(op, scope)
+        self.waker.wrote()
+        return result
 
     async def read(self, op: Operation[T], scope: Scope) -> T:
         """One read (see :meth:`Runner.read`), traced like :meth:`write`."""
@@ -142,11 +146,14 @@ def open_backend(
     engine = create_user_engine(config, settings, engine_options)
     if config.dialect == "postgresql":
         return Backend(config, engine, PostgresRunner(engine))
-    writer = GroupCommitWriter(
-        create_sqlite_engine(config, settings, begin="BEGIN IMMEDIATE", pool_size=1)
+    writer_engine = create_sqlite_engine(
+        config, settings, begin="BEGIN IMMEDIATE", pool_size=1, engine_options=engine_options
     )
+    writer = GroupCommitWriter(writer_engine)
     pool = None
     if not config.is_memory:
-        reader_engine = create_sqlite_engine(config, settings, begin="BEGIN", pool_size=readers)
+        reader_engine = create_sqlite_engine(
+            config, settings, begin="BEGIN", pool_size=readers, engine_options=engine_options
+        )
         pool = ReaderPool(reader_engine, readers)
     return Backend(config, engine, SqliteRunner(writer, pool))

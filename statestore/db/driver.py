@@ -46,7 +46,8 @@ class _Compiled:
     names: tuple[str, ...]
     defaults: dict[str, Any]
     bind: tuple[Processor | None, ...]
-    result: tuple[Processor | None, ...]
+    result: tuple[tuple[int, Processor], ...]
+    """(column index, result processor) of the columns that have one."""
     row_type: Callable[[Any], NamedTuple] | None
 
 
@@ -123,9 +124,8 @@ def _compile(statement: Executable, dialect: Dialect) -> _Compiled:
     )
     # Each result column's key and type, in order (the statement's own columns: no text SQL).
     columns = compiled._result_columns
-    result = tuple(
-        _result_processor(column_type, dialect) for _key, _name, _objects, column_type in columns
-    )
+    processors = [_result_processor(column[3], dialect) for column in columns]
+    result = tuple((i, process) for i, process in enumerate(processors) if process is not None)
     row_type = None
     if columns:
         row_type = namedtuple("Row", [key for key, *_ in columns])._make  # type: ignore[attr-defined]
@@ -154,15 +154,17 @@ def _execute_and_decode(
     if make is None:
         return []
     processors = compiled.result
-    if not any(processors):
+    if not processors:
         return [make(row) for row in rows]
-    return [
-        make(
-            value if process is None else process(value)
-            for value, process in zip(row, processors, strict=True)
-        )
-        for row in rows
-    ]
+    # Only the columns with a processor are converted, in place in a copy of the row: most
+    # columns (text, integers, and on asyncpg UUIDs and timestamps) have none.
+    decoded = []
+    for row in rows:
+        values = list(row)
+        for i, process in processors:
+            values[i] = process(values[i])
+        decoded.append(make(values))
+    return decoded
 
 
 def _execute_on_cursor(

@@ -6,7 +6,10 @@ or ``BEGIN`` (readers) ourselves, the recipe from SQLAlchemy's SQLite dialect do
 take the write lock up front, so a read-then-write transaction never fails with SQLITE_BUSY
 half-way.
 
-PostgreSQL: asyncpg, READ COMMITTED (AUTOCOMMIT for reads and single statements).
+PostgreSQL: asyncpg, READ COMMITTED (AUTOCOMMIT for reads and single statements). Behind
+PgBouncer in transaction pooling mode (``?pgbouncer=true``) without prepared-statement caches,
+and the connections that hold a session (LISTEN, the maintenance leader's lock) go to a
+direct URL.
 """
 
 from __future__ import annotations
@@ -50,22 +53,41 @@ class DatabaseConfig:
     """SQLite only: URL of the stdlib driver the store's own threads use."""
     sqlite_path: Path | None = None
     """SQLite file, or ``None`` for an in-memory database."""
+    pgbouncer: bool = False
+    """PostgreSQL: ``async_url`` leads to PgBouncer in transaction pooling mode, where
+    consecutive transactions of one client connection may run on different server
+    connections."""
+    direct_url: URL | None = None
+    """PostgreSQL: the database without a transaction pooler in between, for the
+    connections that hold a session (``direct_url`` of :meth:`StateStore.connect`)."""
 
     @property
     def is_memory(self) -> bool:
         """An in-memory SQLite database: the one definition every in-memory decision uses."""
         return self.dialect == "sqlite" and self.sqlite_path is None
 
+    @property
+    def session_url(self) -> URL | None:
+        """Where a connection that keeps session state (LISTEN, a session advisory lock)
+        goes: the direct URL if given, else the store's own URL unless that leads to a
+        transaction pooler (``None``: such connections cannot be made)."""
+        if self.direct_url is not None:
+            return self.direct_url
+        return None if self.pgbouncer else self.async_url
+
     def redacted(self) -> str:
         """The URL with its password hidden (a ``?password=`` was moved into it on parsing)."""
         return self.async_url.render_as_string(hide_password=True)
 
 
-def parse_database_url(url: str | URL | None) -> DatabaseConfig:
+def parse_database_url(
+    url: str | URL | None, direct_url: str | URL | None = None
+) -> DatabaseConfig:
     """Normalise a URL to the async driver of its database.
 
     Raises :class:`ConfigurationError` for anything that is not SQLite or PostgreSQL, a bad
     port and a query option asyncpg does not take; no message repeats the URL's password.
+    ``direct_url`` (PostgreSQL only) is checked the same way and must not lead to PgBouncer.
     """
     raw = resolve_url(url)
     if not isinstance(raw, str | URL):
@@ -73,13 +95,34 @@ def parse_database_url(url: str | URL | None) -> DatabaseConfig:
     parsed = parse_url(raw)
     driver = parsed.drivername
     if driver in _SQLITE_DRIVERS:
+        if direct_url is not None:
+            raise ConfigurationError("direct_url is for PostgreSQL; an SQLite store takes none")
         return _sqlite_config(parsed)
     if driver in _POSTGRES_DRIVERS:
         check_single_at(raw)
-        return DatabaseConfig("postgresql", normalise_postgres_url(parsed))
+        async_url, pgbouncer = normalise_postgres_url(parsed)
+        direct = None if direct_url is None else _direct_url(direct_url)
+        return DatabaseConfig("postgresql", async_url, pgbouncer=pgbouncer, direct_url=direct)
     raise ConfigurationError(
         f"unsupported database URL scheme {driver!r}; accepted: " + ", ".join(ACCEPTED_SCHEMES)
     )
+
+
+def _direct_url(raw: str | URL) -> URL:
+    """The direct URL: a PostgreSQL URL checked like the store's, without ``pgbouncer``."""
+    if not isinstance(raw, str | URL):
+        raise ConfigurationError(f"direct_url must be a string, got {type(raw).__name__}")
+    parsed = parse_url(raw)
+    if parsed.drivername not in _POSTGRES_DRIVERS:
+        raise ConfigurationError("direct_url must be a PostgreSQL URL (postgresql://…)")
+    check_single_at(raw)
+    url, pgbouncer = normalise_postgres_url(parsed)
+    if pgbouncer:
+        raise ConfigurationError(
+            "direct_url says pgbouncer=true: it must lead to PostgreSQL itself (or to a "
+            "PgBouncer pool in session mode)"
+        )
+    return url
 
 
 def _sqlite_config(parsed: URL) -> DatabaseConfig:
@@ -170,15 +213,29 @@ def install_sqlite_setup(
         connection.connection.dbapi_connection.execute(begin)
 
 
+LOGGING_OPTIONS = ("echo", "echo_pool", "hide_parameters", "logging_name", "pool_logging_name")
+"""Engine options about logging that the SQLite writer and reader engines take from the
+user's engine options: ``echo=True`` logs every statement the store sends, theirs too."""
+
+
 def create_sqlite_engine(
-    config: DatabaseConfig, settings: SqliteSettings, *, begin: str, pool_size: int
+    config: DatabaseConfig,
+    settings: SqliteSettings,
+    *,
+    begin: str,
+    pool_size: int,
+    engine_options: dict[str, Any] | None = None,
 ) -> Engine:
-    """A sync engine on the stdlib driver, for the store's writer or reader threads."""
+    """A sync engine on the stdlib driver, for the store's writer or reader threads (with
+    the logging options among ``engine_options``)."""
     assert config.sync_url is not None
     options: dict[str, Any] = {
         "connect_args": {"check_same_thread": False},
         "json_serializer": dump_json,
     }
+    for key in LOGGING_OPTIONS:
+        if engine_options and key in engine_options:
+            options[key] = engine_options[key]
     if config.is_memory:
         options["poolclass"] = StaticPool
     else:
@@ -216,6 +273,32 @@ def _use_driver_savepoints(dialect: Dialect) -> None:
     dialect.do_rollback_to_savepoint = do_rollback_to_savepoint  # type: ignore[method-assign]
 
 
+# asyncpg's own statement cache and the one SQLAlchemy's asyncpg dialect keeps on top of it.
+_STATEMENT_CACHES = ("statement_cache_size", "prepared_statement_cache_size")
+
+
+def _pooler_args(config: DatabaseConfig) -> dict[str, Any]:
+    """Behind PgBouncer's transaction pooling: no prepared-statement caches. A cached
+    statement is named and lives on the server connection that prepared it, which the
+    next transaction may not get. Without the caches asyncpg prepares each statement
+    unnamed, and sends its Parse and its Execute before one Sync, so PgBouncer keeps both
+    on one server connection even outside a transaction (AUTOCOMMIT)."""
+    return dict.fromkeys(_STATEMENT_CACHES, 0) if config.pgbouncer else {}
+
+
+def _check_pooler_args(config: DatabaseConfig, connect_args: Any) -> None:
+    """Refuse ``connect_args`` that turn a statement cache back on behind PgBouncer."""
+    if not config.pgbouncer or not isinstance(connect_args, dict):
+        return
+    for name in _STATEMENT_CACHES:
+        if connect_args.get(name, 0) != 0:
+            raise ConfigurationError(
+                f"connect_args {name} must be 0 with pgbouncer=true: behind PgBouncer's "
+                "transaction pooling a cached statement may be run on a server connection "
+                "that never prepared it"
+            )
+
+
 def create_user_engine(
     config: DatabaseConfig, settings: SqliteSettings, engine_options: dict[str, Any]
 ) -> AsyncEngine:
@@ -229,7 +312,7 @@ def create_user_engine(
             pool_pre_ping=False,
             isolation_level="READ COMMITTED",
             # Fail fast (DatabaseError) instead of asyncpg's 60 s default on a dead host.
-            connect_args={"timeout": PG_CONNECT_TIMEOUT_S},
+            connect_args={"timeout": PG_CONNECT_TIMEOUT_S, **_pooler_args(config)},
         )
     elif config.is_memory:
         options["poolclass"] = StaticPool
@@ -240,6 +323,7 @@ def create_user_engine(
             options[key] = {**options.get(key, {}), **value}  # keep our connect timeout
         else:
             options[key] = value
+    _check_pooler_args(config, options.get("connect_args", {}))
     try:
         engine = create_async_engine(config.async_url, **options)
     except (ArgumentError, TypeError) as exc:

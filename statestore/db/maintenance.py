@@ -27,10 +27,15 @@ class Leadership:
     (a raw asyncpg connection); the server releases it when that session ends, so the lock
     passes on when the leader's process dies or its connection drops. Each round a
     follower tries to take it (one statement); the leader checks that its session is alive.
-    SQLite: every process leads (its writes are serialised by the file's write lock, and
-    each maintenance write re-checks its terms)."""
+    The session goes to the store's direct URL behind PgBouncer (a session lock taken
+    through transaction pooling would stay on a server connection other clients then use);
+    without one, constructing this raises :class:`ConfigurationError`. SQLite: every
+    process leads (its writes are serialised by the file's write lock, and each
+    maintenance write re-checks its terms)."""
 
     def __init__(self, config: DatabaseConfig, scope_name: str) -> None:
+        if config.dialect == "postgresql":
+            asyncpg_dsn(config)  # ConfigurationError now, not a warning every round
         self._config = config
         self._scope_name = scope_name
         self._connection: Any = None

@@ -112,6 +112,11 @@ def run_in_session(
     operations, the Core hot paths, never begin a session transaction, so building and
     closing a Session for each would cost more than their own Python). Either way the
     session is clean when ``op`` starts and left clean, its scope removed."""
+    # A runner keeps its connections for many calls; SQLAlchemy decides whether a
+    # connection logs its statements when it is created. Follow the engine's logger as it
+    # is now, so that ``echo`` or the ``sqlalchemy.engine`` logger switched on later logs
+    # every statement, as it would on a connection taken from the pool for this call.
+    connection._echo = connection.engine._should_log_info()
     if session is None:
         session = new_session(connection)
     else:

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
 URL_ENV_VAR = "STATESTORE_DATABASE_URL"
+DIRECT_URL_ENV_VAR = "STATESTORE_DIRECT_URL"
+"""The CLI's default ``--direct-url`` (PostgreSQL behind PgBouncer)."""
 DEFAULT_URL = "sqlite:///./statestore.db"
 
 ACCEPTED_SCHEMES = (
@@ -56,9 +58,13 @@ PG_QUERY_OPTIONS = (
     "port",
     "target_session_attrs",
     "prepared_statement_cache_size",
+    "pgbouncer",
 )
 """The query options a PostgreSQL URL may carry; anything else would reach asyncpg's
 ``connect()`` as an unexpected keyword argument."""
+PGBOUNCER_OPTION = "pgbouncer"
+"""The store's own query option (``true`` or ``false``): the URL leads to PgBouncer in
+transaction pooling mode. Taken out of the URL before it reaches the driver."""
 
 
 def resolve_url(url: str | URL | None) -> str | URL:
@@ -114,10 +120,11 @@ def check_port(port: object, where: str = "port") -> None:
         raise ConfigurationError(f"the database URL's {where} is {int(text)}, not in 1-65535")
 
 
-def normalise_postgres_url(url: URL) -> URL:
+def normalise_postgres_url(url: URL) -> tuple[URL, bool]:
     """``url`` for the asyncpg dialect: every query option known and checked, ``sslmode``
     renamed to asyncpg's ``ssl``, and a ``?password=`` moved to the URL's password field,
-    where ``render_as_string`` hides it."""
+    where ``render_as_string`` hides it; and whether it leads to PgBouncer in transaction
+    pooling mode (``?pgbouncer=true``, taken out of the URL)."""
     check_port(url.port)
     query = dict(url.query)
     _check_option_names(query)
@@ -132,6 +139,7 @@ def normalise_postgres_url(url: URL) -> URL:
         raise ConfigurationError(
             "the database URL's prepared_statement_cache_size option must be a whole number"
         )
+    pgbouncer = _pgbouncer_option(query)
     query = _ssl_option(query)
     password = query.pop("password", None)
     if isinstance(password, str):  # given once: _check_option_names refused repeats
@@ -140,7 +148,7 @@ def normalise_postgres_url(url: URL) -> URL:
                 "the database URL gives a password twice (user:password@ and ?password=)"
             )
         url = url.set(password=password)
-    return url.set(drivername="postgresql+asyncpg", query=query)
+    return url.set(drivername="postgresql+asyncpg", query=query), pgbouncer
 
 
 def _check_option_names(query: dict[str, str | tuple[str, ...]]) -> None:
@@ -173,6 +181,22 @@ def _items(value: str | tuple[str, ...] | None) -> Iterator[str]:
     """The comma-separated items of a query option given once or several times."""
     for part in (value,) if isinstance(value, str) else value or ():
         yield from part.split(",")
+
+
+def _pgbouncer_option(query: dict[str, str | tuple[str, ...]]) -> bool:
+    """Pop ``pgbouncer`` (``true`` or ``false``) from ``query``. Behind PgBouncer a statement
+    prepared on one server connection may be looked up on another, so a prepared-statement
+    cache asked for in the same URL is refused rather than silently turned off."""
+    value = query.pop(PGBOUNCER_OPTION, "false")
+    if value not in ("true", "false"):
+        raise ConfigurationError("the database URL's pgbouncer option must be true or false")
+    if value == "true" and int(str(query.get("prepared_statement_cache_size", "0"))) != 0:
+        raise ConfigurationError(
+            "the database URL asks for pgbouncer=true and a prepared_statement_cache_size "
+            "other than 0: behind PgBouncer's transaction pooling a cached statement may be "
+            "run on a server connection that never prepared it"
+        )
+    return value == "true"
 
 
 def _ssl_option(query: dict[str, str | tuple[str, ...]]) -> dict[str, str | tuple[str, ...]]:

@@ -11,7 +11,19 @@
   every :data:`FALLBACK_POLL_S` seconds.
 
 A wake-up is a hint: the woken waiter claims again, and if another worker took the item
-it goes back to waiting until its deadline.
+it goes back to waiting until its deadline. A signal wakes one waiter of each group that
+would claim the same items (same tenant scope and queue types), not all of them: waking
+all would have every idle worker run a claim that all but one lose. The woken waiter
+passes the signal on to the next of its group when its claim came back full (there may be
+more) or when it leaves without claiming, so no claimable item is left with nobody awake.
+
+Feed followers (``iter_feed(follow=True)``, :meth:`Waker.following`) wait here too, apart
+from the claims, and each of them wakes on every signal: each commit of this store's SQLite
+writer, each change of the file by another process, each work notification on PostgreSQL
+(a turn or an enqueue committed), and :meth:`Waker.wrote`, called after each of this
+store's own PostgreSQL writes returns. Appends do not ``NOTIFY`` (docs/architecture.md,
+"The feed", says why): a follower on PostgreSQL sees another process's plain appends by
+its bounded poll.
 """
 
 from __future__ import annotations
@@ -21,10 +33,11 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 from statestore.db.engine import DatabaseConfig
+from statestore.errors import ConfigurationError
 
 WORK_CHANNEL = "statestore_work"
 """The PostgreSQL channel a claimable item is announced on (payload: its queue type)."""
@@ -39,11 +52,13 @@ _log = logging.getLogger("statestore")
 
 
 class _Waiter:
-    __slots__ = ("event", "types")
+    __slots__ = ("event", "group", "types")
 
-    def __init__(self, types: frozenset[str]) -> None:
+    def __init__(self, types: frozenset[str], group: Hashable) -> None:
         self.event = asyncio.Event()
         self.types = types
+        self.group = group
+        """Waiters of one group would claim the same items: a signal wakes one of them."""
 
 
 class Waker:
@@ -51,7 +66,8 @@ class Waker:
 
     def __init__(self, config: DatabaseConfig) -> None:
         self._config = config
-        self._waiters: set[_Waiter] = set()
+        self._waiters: dict[_Waiter, None] = {}
+        """In the order they started waiting: the longest waiting is woken first."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._listening = False
@@ -61,6 +77,8 @@ class Waker:
         self._lock = threading.Lock()
         self.wakeups = 0
         """Signals received so far (for tests and monitoring)."""
+        self._followers: set[asyncio.Event] = set()
+        """The events of the feed followers (:meth:`following`)."""
 
     @property
     def reliable(self) -> bool:
@@ -68,30 +86,74 @@ class Waker:
         return self._config.dialect != "postgresql" or self._listening
 
     @contextlib.contextmanager
-    def waiting(self, queue_types: Sequence[str]) -> Iterator[asyncio.Event]:
-        """Register a waiter for ``queue_types`` for the block; its event is set by each
-        signal that may concern it (clear it before each claim, so none is missed)."""
+    def waiting(
+        self, queue_types: Sequence[str], scope: Hashable = None
+    ) -> Iterator[asyncio.Event]:
+        """Register a waiter for ``queue_types`` (claiming in ``scope``) for the block; its
+        event is set when it should claim (clear it before each claim, so none is missed).
+        Leaving the block with the event set passes the wake-up on."""
         loop = asyncio.get_running_loop()
         self._loop = loop
-        waiter = _Waiter(frozenset(queue_types))
-        self._waiters.add(waiter)
+        types = frozenset(queue_types)
+        waiter = _Waiter(types, (scope, types))
+        self._waiters[waiter] = None
         self._start()
         try:
             yield waiter.event
         finally:
-            self._waiters.discard(waiter)
+            del self._waiters[waiter]
+            if waiter.event.is_set():  # woken, and gone without the claim it was woken for
+                self.pass_on(queue_types)
 
-    def signal(self, queue_type: str | None = None) -> None:
-        """Wake the waiters for ``queue_type`` (every waiter if ``None``). On the loop."""
+    def signal(self, queue_type: str | None = None, *, everyone: bool = False) -> None:
+        """Items of ``queue_type`` (of any type if ``None``) may be claimable: wake one waiter
+        of each group concerned (``everyone``: every waiter), and every feed follower. On
+        the loop."""
         self.wakeups += 1
+        for follower in self._followers:
+            follower.set()
+        self._wake(lambda types: queue_type is None or queue_type in types, everyone)
+
+    def pass_on(self, queue_types: Sequence[str]) -> None:
+        """A woken waiter claimed a full batch (more may be there), or left without
+        claiming: wake the next waiter of each group that claims any of ``queue_types``."""
+        self._wake(lambda types: not types.isdisjoint(queue_types))
+
+    def _wake(self, concerns: Callable[[frozenset[str]], bool], everyone: bool = False) -> None:
+        # A group with a waiter already woken needs no other: that waiter's claim comes
+        # after this commit, and it passes on if there is more.
+        awake = set() if everyone else {w.group for w in self._waiters if w.event.is_set()}
         for waiter in self._waiters:
-            if queue_type is None or queue_type in waiter.types:
+            if waiter.group not in awake and concerns(waiter.types):
                 waiter.event.set()
+                if not everyone:
+                    awake.add(waiter.group)
+
+    @contextlib.contextmanager
+    def following(self) -> Iterator[asyncio.Event]:
+        """Register a feed follower for the block: its event is set by every signal, of
+        whatever queue type (any commit may have appended events; clear it before each
+        read). Followers do not compete for anything, so each of them is woken."""
+        self._loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        self._followers.add(event)
+        self._start()
+        try:
+            yield event
+        finally:
+            self._followers.discard(event)
+
+    def wrote(self) -> None:
+        """One of this store's writes returned (on the loop): wake its feed followers. On
+        PostgreSQL only; on SQLite :meth:`committed` already did, after the COMMIT."""
+        if self._config.dialect == "postgresql":
+            for follower in self._followers:
+                follower.set()
 
     def committed(self) -> None:
-        """A write transaction committed (any thread): wake every waiter."""
+        """A write transaction committed (any thread): wake one waiter of each group."""
         loop = self._loop
-        if loop is None or not self._waiters or loop.is_closed():
+        if loop is None or not (self._waiters or self._followers) or loop.is_closed():
             return
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(self.signal)
@@ -111,7 +173,8 @@ class Waker:
         if self._closed or (self._task is not None and not self._task.done()):
             return
         if self._config.dialect == "postgresql":
-            self._task = asyncio.create_task(self._listen(), name="statestore-listener")
+            if self._config.session_url is not None:  # else: waiters poll (no LISTEN)
+                self._task = asyncio.create_task(self._listen(), name="statestore-listener")
         elif not self._config.is_memory:
             self._task = asyncio.create_task(self._watch(), name="statestore-change-check")
 
@@ -124,7 +187,7 @@ class Waker:
         connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
             version = _data_version(connection)
-            while self._waiters:
+            while self._waiters or self._followers:
                 await asyncio.sleep(SQLITE_CHECK_S)
                 current = _data_version(connection)
                 if current != version:
@@ -165,16 +228,23 @@ class Waker:
                     connection.terminate()
             if self._closed:
                 return
-            self.signal()  # waiters fall back to polling
+            self.signal(everyone=True)  # all fall back to polling
             await asyncio.sleep(RECONNECT_S[min(failures, len(RECONNECT_S) - 1)])
             failures += 1
 
 
 def asyncpg_dsn(config: DatabaseConfig) -> str:
     """A DSN for a raw ``asyncpg.connect`` to the store's PostgreSQL database (the LISTEN
-    and maintenance-leader sessions): the store's URL with asyncpg's own option names
-    (``ssl`` back to ``sslmode``; SQLAlchemy's ``prepared_statement_cache_size`` dropped)."""
-    url = config.async_url.set(drivername="postgresql")
+    and maintenance-leader sessions): its session URL (:attr:`DatabaseConfig.session_url`)
+    with asyncpg's own option names (``ssl`` back to ``sslmode``; SQLAlchemy's
+    ``prepared_statement_cache_size`` dropped)."""
+    session_url = config.session_url
+    if session_url is None:
+        raise ConfigurationError(
+            "behind PgBouncer (pgbouncer=true) a session of its own needs direct_url, the "
+            "database without the transaction pooler (StateStore.connect(..., direct_url=...))"
+        )
+    url = session_url.set(drivername="postgresql")
     query = dict(url.query)
     query.pop("prepared_statement_cache_size", None)
     if "ssl" in query:

@@ -28,7 +28,7 @@ from statestore.db import queries
 from statestore.db.runner import single_statement
 from statestore.db.schema import ApiTokenRow
 from statestore.errors import NotFoundError
-from statestore.models import ApiToken, TenantStatus, TokenRole
+from statestore.models import ApiToken, TenantStatus, TokenRole, from_database
 from statestore.repositories.base import Repository, row_columns, select_row, update_rows
 from statestore.repositories.tenants import require_active_tenant
 from statestore.validation import check_enum, check_identifier, check_timedelta, check_uuid
@@ -60,8 +60,10 @@ STAND_IN: dict[str, Any] = {
 
 
 def token_from_row(row: Any) -> ApiToken:
-    """A model from an ORM row or a Core row of ``api_tokens``."""
-    return ApiToken(
+    """A model from an ORM row or a Core row of ``api_tokens`` (not re-validated: see
+    :func:`statestore.models.from_database`)."""
+    return from_database(
+        ApiToken,
         id=row.id,
         name=row.name,
         role=TokenRole(row.role),

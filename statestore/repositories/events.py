@@ -24,7 +24,7 @@ from statestore.errors import (
     ValidationError,
 )
 from statestore.event_kinds import BaseEventKind, load_stored_kind, parse_event_kind
-from statestore.models import Event
+from statestore.models import Event, from_database
 from statestore.repositories.base import Repository, refusal_if_visible
 from statestore.validation import (
     check_identifier,
@@ -40,8 +40,11 @@ MAX_BATCH = 10_000
 
 
 def event_from_row(row: Any, execution_id: uuid.UUID) -> Event:
-    """An event from a row of :func:`statestore.db.queries.select_events`."""
-    return Event(
+    """An event from a row of :func:`statestore.db.queries.select_events`. Built without
+    validation (see :func:`statestore.models.from_database`); the kind is validated once,
+    when :func:`load_stored_kind` parses its JSON text."""
+    return from_database(
+        Event,
         id=row.id,
         execution_id=execution_id,
         sequence=row.sequence,

@@ -23,6 +23,7 @@ from statestore.models import (
     WorkflowExecution,
     WorkflowStatus,
     WorkItemStatus,
+    from_database,
 )
 from statestore.repositories.base import Repository, row_columns, select_row, update_rows
 from statestore.repositories.tenants import require_active_tenant, tenant_limits
@@ -42,8 +43,10 @@ MAX_LIST_LIMIT = 1000
 
 
 def execution_from_row(row: Any) -> WorkflowExecution:
-    """A model from an ORM row or a Core row of ``workflow_executions``."""
-    return WorkflowExecution(
+    """A model from an ORM row or a Core row of ``workflow_executions`` (not re-validated:
+    see :func:`statestore.models.from_database`)."""
+    return from_database(
+        WorkflowExecution,
         execution_id=row.id,
         workflow_id=row.workflow_id,
         workflow_version=row.workflow_version,

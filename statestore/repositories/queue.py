@@ -38,7 +38,7 @@ from statestore.errors import (
     TenantSuspendedError,
     ValidationError,
 )
-from statestore.models import DeadLetter, WorkItem, WorkItemStatus
+from statestore.models import DeadLetter, WorkItem, WorkItemStatus, from_database
 from statestore.repositories.base import (
     NO_SESSION_SYNC,
     Repository,
@@ -75,8 +75,10 @@ def backoff(attempt: int) -> timedelta:
 
 
 def item_from_row(row: Any) -> WorkItem:
-    """A model from an ORM row or a Core row of ``work_items``."""
-    return WorkItem(
+    """A model from an ORM row or a Core row of ``work_items`` (not re-validated: see
+    :func:`statestore.models.from_database`)."""
+    return from_database(
+        WorkItem,
         id=row.id,
         execution_id=row.execution_id,
         node_id=row.node_id,
