@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser pgbouncer demo test test-slow lint format bench bench-scale bench-turns bench-wakeup clean
+.PHONY: install browser pgbouncer demo test test-slow lint format bench bench-scale bench-turns bench-wakeup bench-capacity clean
 
 install: $(STAMP) browser pgbouncer
 
@@ -76,6 +76,12 @@ bench-turns: install
 # PostgreSQL at $STATESTORE_BENCH_PG_URL).
 bench-wakeup: install
 	$(BIN)/python bench/wakeup.py --write docs/benchmarks.md
+
+# Capacity curve on PostgreSQL: append and claim+complete with 1, 2, 4, 8 and 16 worker
+# processes, the store against raw asyncpg on the same SQL (about 4 minutes; the server at
+# $STATESTORE_BENCH_PG_URL). Writes the figures and bench/results/capacity.json.
+bench-capacity: install
+	$(BIN)/python bench/capacity.py --write docs/benchmarks.md --json bench/results/capacity.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build
