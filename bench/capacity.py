@@ -63,6 +63,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import sqlalchemy
+from common import cpu_model
 from sqlalchemy import Dialect, Executable, event
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -841,17 +842,6 @@ def code_version() -> str:
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     dirty = git("status", "--porcelain", "--", "statestore", "alembic")
     return f"{commit}{' with local changes to the store' if dirty else ''}"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for text in cpuinfo:
-                if text.startswith("model name"):
-                    return text.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def figures(info: dict[str, Any], runs: Sequence[Run]) -> str:
