@@ -481,7 +481,9 @@ async def test_cancelling_or_closing_a_follower_leaks_no_waiter(store: StateStor
 
 def test_the_feed_benchmark_runs_at_a_small_size(database_url: str, backend: str) -> None:
     """bench/feed.py end to end with 2 writer processes for half a second (no timing
-    thresholds): read, append and lag lines, and on PostgreSQL the NOTIFY-per-append ones."""
+    thresholds): the feed columns, read, append and lag lines, and on PostgreSQL the
+    NOTIFY-per-append ones. The feed-columns cell must leave no event behind: the read
+    measurement after it checks that it reads exactly the events it appended."""
     script = Path(__file__).resolve().parent.parent / "bench" / "feed.py"
     args = ["--events", "200", "--writers", "2", "--seconds", "0.5", "--rounds", "1"]
     result = subprocess.run(
@@ -493,6 +495,7 @@ def test_the_feed_benchmark_runs_at_a_small_size(database_url: str, backend: str
     )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
+    columns = r": with the feed columns [\d,]+ events/s, without [\d,]+ events/s \([\d.]+x\)"
     patterns = [
         r"read: iter_feed [\d,]+ events/s, raw SELECT [\d,]+ events/s",
         r"append, 2 writer processes: [\d,]+ events/s",
@@ -500,9 +503,13 @@ def test_the_feed_benchmark_runs_at_a_small_size(database_url: str, backend: str
     ]
     if backend == "postgresql":
         patterns += [
+            r"append, raw driver, 1 connection" + columns,
+            r"append, raw driver, 2 connections" + columns,
             r"append, 2 writer processes, NOTIFY in each append: [\d,]+ events/s \([\d.]+x\)",
             r"lag, 2 writer processes, NOTIFY in each append: \d+ events, p50 .* ms, p99 .* ms",
         ]
+    else:
+        patterns.append(r"append, raw driver, 1 writer" + columns)
     for pattern in patterns:
         assert any(re.fullmatch(pattern, line) for line in lines), (pattern, result.stdout)
     assert len(lines) == len(patterns), result.stdout
