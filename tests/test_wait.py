@@ -14,7 +14,14 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from statestore import StateStore, Tenant, ValidationError, WorkflowExecution, WorkItem
+from statestore import (
+    StateStore,
+    StateStoreError,
+    Tenant,
+    ValidationError,
+    WorkflowExecution,
+    WorkItem,
+)
 from statestore.db.maintenance import Leadership
 from statestore.models import utc_now
 
@@ -299,3 +306,86 @@ async def test_a_tenant_waiter_is_woken_beside_another_tenant_waiter(store: Stat
     assert not first.done()
     first.cancel()
     await asyncio.gather(first, return_exceptions=True)
+
+
+def fail_next_claim(store: StateStore, how: str) -> list[bool]:
+    """The next claim ``store`` runs is cancelled (``how="cancel"``) or raises a
+    ``StateStoreError`` (``how="error"``) before it reaches the database, as a claim lost to
+    a cancellation or a failing connection would; the returned flag turns true when it
+    happened. Later claims run as usual."""
+    backend = store._backend
+    fired = [False]
+    write = backend.write
+
+    async def failing(op: Any, scope: Any) -> Any:
+        if getattr(op, "method", None) == store.queue.claim and not fired[0]:
+            fired[0] = True
+            if how == "cancel":
+                task = asyncio.current_task()
+                assert task is not None
+                task.cancel()
+                await asyncio.sleep(0)
+            raise StateStoreError("the claim's connection failed")
+        return await write(op, scope)
+
+    backend.write = failing  # type: ignore[method-assign]
+    return fired
+
+
+@pytest.mark.parametrize("how", ["cancel", "error"])
+async def test_a_woken_waiter_whose_claim_fails_passes_the_wake_up_on(
+    store: StateStore, how: str
+) -> None:
+    """The waiter woken for an item fails in its claim (cancelled, or the database call
+    raised): another idle waiter gets the item promptly, not at its deadline."""
+    eid = await execution(store)
+    first = await waiting(store, wait=30)
+    second = await waiting(store, wait=30)
+    fired = fail_next_claim(store, how)
+    start = time.perf_counter()
+    await store.enqueue_work_item(item(eid))
+    with pytest.raises(asyncio.CancelledError if how == "cancel" else StateStoreError):
+        await asyncio.wait_for(first, 5)
+    assert fired[0]
+    claimed = await asyncio.wait_for(second, 10)
+    assert claimed is not None
+    assert time.perf_counter() - start < LATENCY_BOUND_S
+
+
+async def test_a_delayed_item_outlives_the_waiter_that_timed_it(store: StateStore) -> None:
+    """A delayed item's wake-up reaches one waiter, which times it; that waiter leaves
+    before it is due (cancelled, or at its own shorter deadline): another waiter still
+    claims it when due, not at its own deadline."""
+    eid = await execution(store)
+    delay = 0.8
+    for leave in ("cancel", "deadline"):
+        first = await waiting(store, wait=30 if leave == "cancel" else 0.5)
+        second = await waiting(store, wait=30)
+        start = time.perf_counter()
+        await store.enqueue_work_item(item(eid, available_at=utc_now() + timedelta(seconds=delay)))
+        if leave == "cancel":
+            await asyncio.sleep(0.3)
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+        else:
+            assert await asyncio.wait_for(first, 5) is None
+        assert await asyncio.wait_for(second, 10) is not None, leave
+        assert time.perf_counter() - start < delay + LATENCY_BOUND_S, leave
+
+
+async def test_a_delayed_item_outlives_a_partial_claim_of_its_timer(store: StateStore) -> None:
+    """The waiter timing a delayed item is woken by another item, claims it (fewer than
+    its limit) and returns: the delayed item still reaches another waiter when due."""
+    eid = await execution(store)
+    delay = 1.0
+    first = asyncio.create_task(store.claim_work_items("w", ["q"], 5, wait=30))
+    await asyncio.sleep(0.2)
+    second = asyncio.create_task(store.claim_work_items("w", ["q"], 5, wait=30))
+    await asyncio.sleep(0.2)
+    start = time.perf_counter()
+    await store.enqueue_work_item(item(eid, available_at=utc_now() + timedelta(seconds=delay)))
+    await asyncio.sleep(0.2)
+    await store.enqueue_work_item(item(eid))
+    assert len(await asyncio.wait_for(first, 5)) == 1
+    assert len(await asyncio.wait_for(second, 10)) == 1
+    assert time.perf_counter() - start < delay + LATENCY_BOUND_S
