@@ -493,3 +493,28 @@ async def test_items_reach_waiters_across_a_dropped_listener(
     claimed = await asyncio.wait_for(asyncio.gather(*tasks), 10)
     assert all(found is not None for found in claimed)
     assert time.perf_counter() - start < 0.15 + LATENCY_BOUND_S
+
+
+async def test_waiters_that_know_a_delayed_item_do_not_wake_each_other(store: StateStore) -> None:
+    """Workers claiming in a loop with short waits, a delayed item far off: each knows when
+    it comes due, so one leaving at its deadline wakes no other (two claims per call: the
+    first, and the one at the deadline; a wake-up passed on would add a third)."""
+    eid = await execution(store)
+    await store.enqueue_work_item(item(eid, available_at=utc_now() + timedelta(hours=1)))
+    claims = count_claims(store)
+    calls = [0]
+
+    async def worker(offset: float) -> None:
+        await asyncio.sleep(offset)  # deadlines apart: a woken waiter is mid-wait
+        while True:
+            calls[0] += 1
+            assert await store.claim_work_item("w", ["q"], wait=0.2) is None
+
+    workers = [asyncio.create_task(worker(n * 0.05)) for n in range(4)]
+    await asyncio.sleep(1.5)
+    for task in workers:
+        task.cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
+    finished = calls[0] - len(workers)
+    assert finished >= 8
+    assert claims[0] <= 2 * calls[0], (claims[0], calls[0])
