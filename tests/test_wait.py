@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from statestore import (
+    DatabaseError,
     StateStore,
     StateStoreError,
     Tenant,
@@ -518,3 +519,18 @@ async def test_waiters_that_know_a_delayed_item_do_not_wake_each_other(store: St
     finished = calls[0] - len(workers)
     assert finished >= 8
     assert claims[0] <= 2 * calls[0], (claims[0], calls[0])
+
+
+async def test_closing_the_store_ends_its_waiting_claims(store: StateStore) -> None:
+    """Claims waiting (long deadlines, the store's and a tenant view's) when the store
+    closes end at once with ``DatabaseError``; none sleeps on to its deadline."""
+    await store.create_tenant(Tenant(id="t", name="t"))
+    tasks = [await waiting(view, wait=30) for view in (store, store.for_tenant("t")) * 2]
+    start = time.perf_counter()
+    await asyncio.wait_for(store.close(), 5)
+    done, pending = await asyncio.wait(tasks, timeout=2)
+    for task in pending:
+        task.cancel()
+    assert not pending, time.perf_counter() - start
+    assert all(isinstance(task.exception(), DatabaseError) for task in done)
+    assert not store._backend.waker._waiters

@@ -173,8 +173,11 @@ class Waker:
             loop.call_soon_threadsafe(self.signal)
 
     async def close(self) -> None:
-        """Stop the watcher or listener. Idempotent."""
+        """Stop the watcher or listener, and wake every waiter and follower. Idempotent."""
         self._closed = True
+        # Nothing would wake them any more: each reads or claims again at once and learns
+        # that the store is closed, instead of sleeping on to its deadline.
+        self.signal(everyone=True)
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
