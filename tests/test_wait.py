@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import sys
 import time
@@ -534,3 +535,47 @@ async def test_closing_the_store_ends_its_waiting_claims(store: StateStore) -> N
     assert not pending, time.perf_counter() - start
     assert all(isinstance(task.exception(), DatabaseError) for task in done)
     assert not store._backend.waker._waiters
+
+
+async def test_claims_cancelled_at_any_point_lose_no_wake_up(store: StateStore) -> None:
+    """Workers whose waiting claims are cut off by tiny timeouts (so cancelled at every await
+    of a claim: registering, claiming, reading the due time, waiting) beside two patient
+    waiters: each item enqueued is taken (claimed by someone) within a second."""
+    import random
+
+    rng = random.Random(7)
+    eid = await execution(store)
+    stop = asyncio.Event()
+
+    async def impatient() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    store.claim_work_item("impatient", ["q"], wait=30), rng.random() * 0.02
+                )
+
+    async def patient() -> None:
+        while not stop.is_set():
+            await store.claim_work_item("patient", ["q"], wait=30)
+
+    workers = [asyncio.create_task(impatient()) for _ in range(6)]
+    workers += [asyncio.create_task(patient()) for _ in range(2)]
+    await asyncio.sleep(0.2)
+    try:
+        for _ in range(15):
+            new = item(eid)
+            await store.enqueue_work_item(new)
+            start = time.perf_counter()
+            while True:
+                found = await store.get_work_item(new.id)
+                assert found is not None
+                if found.status != "pending":
+                    break
+                assert time.perf_counter() - start < LATENCY_BOUND_S, "an item nobody took"
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(rng.random() * 0.05)
+    finally:
+        stop.set()
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
