@@ -115,7 +115,11 @@ def with_store(*, read_only: bool) -> Callable[[Callable[..., Awaitable[Any]]], 
                 from statestore.store import StateStore
 
                 url = _setting("url")
-                direct_url = _setting("direct_url") or os.environ.get(DIRECT_URL_ENV_VAR)
+                direct_url = _setting("direct_url")
+                if direct_url is None and parse_database_url(url).dialect == "postgresql":
+                    # The environment's default is for PostgreSQL behind PgBouncer: an SQLite
+                    # --url beside it takes none, rather than every command failing.
+                    direct_url = os.environ.get(DIRECT_URL_ENV_VAR)
                 if read_only:
                     require_existing_database(parse_database_url(url, direct_url))
                 store = await StateStore.connect(url, direct_url=direct_url)

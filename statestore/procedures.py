@@ -89,28 +89,38 @@ async def claim_waiting(
     deadline = loop.time() + seconds
     waker = backend.waker
     waited = False
-    with waker.waiting(queue_types, scope) as woken:
-        while True:
-            woken.clear()  # before the claim: a commit after it wakes the wait below
-            items = await backend.write(claim, scope)
-            if waited and len(items) == limit:
-                woken.set()  # there may be more: leaving with it set wakes the next waiter
-            remaining = deadline - loop.time()
-            if items or remaining <= 0:
-                return items
-            waited = True
-            due = await backend.read(Call(queue.next_due, (queue_types,)), scope)
-            timeout = remaining
-            if due is not None:
-                until_due = (due - queue.context.now()).total_seconds()
-                timeout = min(timeout, max(until_due, 0.0) + 0.001)
-            if not waker.reliable:
-                timeout = min(timeout, FALLBACK_POLL_S)
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
-            # that arrives as the event is set.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await woken.wait()
+    with waker.waiting(queue_types, scope) as waiter:
+        woken = waiter.event
+        try:
+            while True:
+                woken.clear()  # before the claim: a commit after it wakes the wait below
+                items = await backend.write(claim, scope)
+                if waited and len(items) == limit:
+                    woken.set()  # there may be more: leaving with it set wakes the next waiter
+                remaining = deadline - loop.time()
+                if items or remaining <= 0:
+                    return items
+                waited = True
+                due = await backend.read(Call(queue.next_due, (queue_types,)), scope)
+                timeout = remaining
+                waiter.due_at = None
+                if due is not None:
+                    until_due = max((due - queue.context.now()).total_seconds(), 0.0)
+                    timeout = min(timeout, until_due + 0.001)
+                    waiter.due_at = loop.time() + until_due
+                if not waker.reliable:
+                    timeout = min(timeout, FALLBACK_POLL_S)
+                waiter.wakes_at = loop.time() + timeout
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that arrives as the event is set.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await woken.wait()
+        except BaseException:
+            # A claim that failed or was cancelled may have been the one this waiter was
+            # woken for: pass the wake-up on, or the item waits for the others' deadlines.
+            woken.set()
+            raise
 
 
 async def reclaim_expired_leases(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from statestore import StateStore, WorkItemStatus
 
@@ -294,3 +295,34 @@ async def test_events_without_an_execution_follows_the_feed(database_url: str) -
     assert [json.loads(line)["position"] for line in later.stdout.splitlines()] == [
         line["position"] for line in lines[2:]
     ]
+
+
+def test_the_direct_url_password_is_never_printed(pg_database: str) -> None:
+    """``--direct-url`` and ``$STATESTORE_DIRECT_URL`` holding a password, malformed or
+    leading nowhere, beside a PostgreSQL URL: one line of error, no password."""
+    url = make_url(pg_database).set(query={"pgbouncer": "true"}).render_as_string(False)
+    calls = [("--url", url, "--direct-url", direct) for direct in LEAKY_URLS]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda c: run(*c, "queue", "stats"), calls))
+        results += list(
+            pool.map(
+                lambda direct: run(
+                    "--url", url, "queue", "stats", env={"STATESTORE_DIRECT_URL": direct}
+                ),
+                LEAKY_URLS[:3],
+            )
+        )
+    for result in results:
+        assert SECRET not in result.stdout + result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_an_sqlite_url_ignores_the_environment_s_direct_url(tmp_path: Path) -> None:
+    """``$STATESTORE_DIRECT_URL`` is a default for PostgreSQL stores behind PgBouncer: it
+    does not make every command on an SQLite file fail; ``--direct-url`` given with one
+    is still refused."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    env = {"STATESTORE_DIRECT_URL": f"postgresql://app:{SECRET}@127.0.0.1:1/app"}
+    result = run("db", "upgrade", "--json", url=url, env=env)
+    assert result.returncode == 0, result.stderr
+    assert_one_line_error(run("--direct-url", env["STATESTORE_DIRECT_URL"], "db", "check", url=url))

@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from statestore import (
     CustomEvent,
+    DatabaseError,
     Event,
     StateStore,
     Tenant,
@@ -513,3 +514,21 @@ def test_the_feed_benchmark_runs_at_a_small_size(database_url: str, backend: str
     for pattern in patterns:
         assert any(re.fullmatch(pattern, line) for line in lines), (pattern, result.stdout)
     assert len(lines) == len(patterns), result.stdout
+
+
+async def test_closing_the_store_ends_its_followers_with_a_typed_error(
+    store: StateStore,
+) -> None:
+    """Followers (the store's and a tenant view's) waiting when the store closes: close
+    does not wait on them, and each ends promptly with ``DatabaseError``, none hangs."""
+    await store.create_tenant(Tenant(id="t", name="t"))
+    views = [store, store.for_tenant("t")] * 3
+    followers = [Follower(view, 0) for view in views]
+    await asyncio.sleep(0.3)
+    await asyncio.wait_for(store.close(), 5)
+    done, pending = await asyncio.wait([f.task for f in followers], timeout=2)
+    for task in pending:
+        task.cancel()
+    assert not pending
+    assert all(isinstance(task.exception(), DatabaseError) for task in done)
+    assert not store._backend.waker._followers

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import sys
 import time
 import uuid
@@ -14,7 +16,15 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from statestore import StateStore, Tenant, ValidationError, WorkflowExecution, WorkItem
+from statestore import (
+    DatabaseError,
+    StateStore,
+    StateStoreError,
+    Tenant,
+    ValidationError,
+    WorkflowExecution,
+    WorkItem,
+)
 from statestore.db.maintenance import Leadership
 from statestore.models import utc_now
 
@@ -299,3 +309,273 @@ async def test_a_tenant_waiter_is_woken_beside_another_tenant_waiter(store: Stat
     assert not first.done()
     first.cancel()
     await asyncio.gather(first, return_exceptions=True)
+
+
+def fail_next_claim(store: StateStore, how: str) -> list[bool]:
+    """The next claim ``store`` runs is cancelled (``how="cancel"``) or raises a
+    ``StateStoreError`` (``how="error"``) before it reaches the database, as a claim lost to
+    a cancellation or a failing connection would; the returned flag turns true when it
+    happened. Later claims run as usual."""
+    backend = store._backend
+    fired = [False]
+    write = backend.write
+
+    async def failing(op: Any, scope: Any) -> Any:
+        if getattr(op, "method", None) == store.queue.claim and not fired[0]:
+            fired[0] = True
+            if how == "cancel":
+                task = asyncio.current_task()
+                assert task is not None
+                task.cancel()
+                await asyncio.sleep(0)
+            raise StateStoreError("the claim's connection failed")
+        return await write(op, scope)
+
+    backend.write = failing  # type: ignore[method-assign]
+    return fired
+
+
+@pytest.mark.parametrize("how", ["cancel", "error"])
+async def test_a_woken_waiter_whose_claim_fails_passes_the_wake_up_on(
+    store: StateStore, how: str
+) -> None:
+    """The waiter woken for an item fails in its claim (cancelled, or the database call
+    raised): another idle waiter gets the item promptly, not at its deadline."""
+    eid = await execution(store)
+    first = await waiting(store, wait=30)
+    second = await waiting(store, wait=30)
+    fired = fail_next_claim(store, how)
+    start = time.perf_counter()
+    await store.enqueue_work_item(item(eid))
+    with pytest.raises(asyncio.CancelledError if how == "cancel" else StateStoreError):
+        await asyncio.wait_for(first, 5)
+    assert fired[0]
+    claimed = await asyncio.wait_for(second, 10)
+    assert claimed is not None
+    assert time.perf_counter() - start < LATENCY_BOUND_S
+
+
+async def test_a_delayed_item_outlives_the_waiter_that_timed_it(store: StateStore) -> None:
+    """A delayed item's wake-up reaches one waiter, which times it; that waiter leaves
+    before it is due (cancelled, or at its own shorter deadline): another waiter still
+    claims it when due, not at its own deadline."""
+    eid = await execution(store)
+    delay = 0.8
+    for leave in ("cancel", "deadline"):
+        first = await waiting(store, wait=30 if leave == "cancel" else 0.5)
+        second = await waiting(store, wait=30)
+        start = time.perf_counter()
+        await store.enqueue_work_item(item(eid, available_at=utc_now() + timedelta(seconds=delay)))
+        if leave == "cancel":
+            await asyncio.sleep(0.3)
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+        else:
+            assert await asyncio.wait_for(first, 5) is None
+        assert await asyncio.wait_for(second, 10) is not None, leave
+        assert time.perf_counter() - start < delay + LATENCY_BOUND_S, leave
+
+
+async def test_a_delayed_item_outlives_a_partial_claim_of_its_timer(store: StateStore) -> None:
+    """The waiter timing a delayed item is woken by another item, claims it (fewer than
+    its limit) and returns: the delayed item still reaches another waiter when due."""
+    eid = await execution(store)
+    delay = 1.0
+    first = asyncio.create_task(store.claim_work_items("w", ["q"], 5, wait=30))
+    await asyncio.sleep(0.2)
+    second = asyncio.create_task(store.claim_work_items("w", ["q"], 5, wait=30))
+    await asyncio.sleep(0.2)
+    start = time.perf_counter()
+    await store.enqueue_work_item(item(eid, available_at=utc_now() + timedelta(seconds=delay)))
+    await asyncio.sleep(0.2)
+    await store.enqueue_work_item(item(eid))
+    assert len(await asyncio.wait_for(first, 5)) == 1
+    assert len(await asyncio.wait_for(second, 10)) == 1
+    assert time.perf_counter() - start < delay + LATENCY_BOUND_S
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_every_item_reaches_an_idle_waiter_promptly(store: StateStore, seed: int) -> None:
+    """Idle one-shot waiters (long deadlines, limits 1-3, queue-type sets that overlap, a
+    tenant's waiters beside the operator's) and items enqueued in separate transactions
+    (concurrently and one after another), in one transaction, or delayed a little: every
+    item is claimed within a second of being claimable, so no wake-up was lost (a lost one
+    leaves its item until a deadline of 30 s)."""
+    import random
+
+    rng = random.Random(seed)
+    await store.create_tenant(Tenant(id="t", name="t"))
+    tenant = store.for_tenant("t")
+    eid = await execution(tenant)
+    type_sets = [["a"], ["a", "b"], ["b"], ["b", "a"]]
+    waiters: list[tuple[asyncio.Task[list[WorkItem]], int]] = []
+    # Of each type no more items than the waiters of that type alone (a waiter may return
+    # with one item whatever its limit), so every item must be claimed whichever waiter
+    # takes which.
+    capacity = {"a": 0, "b": 0}
+    for _ in range(10):
+        types = rng.choice(type_sets)
+        limit = rng.randint(1, 3)
+        on = rng.choice([store, tenant])
+        if len(types) == 1:
+            capacity[types[0]] += 1
+        waiters.append(
+            (asyncio.create_task(on.claim_work_items("w", types, limit, wait=30)), limit)
+        )
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    items = [item(eid, kind) for kind in ("a", "b") for _ in range(capacity[kind])]
+    rng.shuffle(items)
+    ready: dict[uuid.UUID, float] = {}
+    claimed_at: dict[uuid.UUID, float] = {}
+
+    async def watch(task: asyncio.Task[list[WorkItem]]) -> None:
+        for found in await task:
+            claimed_at[found.id] = time.perf_counter()
+
+    watchers = [asyncio.create_task(watch(task)) for task, _ in waiters]
+    position = 0
+    while position < len(items):
+        pattern = rng.choice(["separate", "together", "one", "delayed"])
+        batch = items[position : position + rng.randint(1, 4)]
+        position += len(batch)
+        if pattern == "separate":
+            await asyncio.gather(*(tenant.enqueue_work_item(new) for new in batch))
+        elif pattern == "together":
+            await tenant.run(lambda session, b=batch: [tenant.queue.enqueue(session, n) for n in b])
+        elif pattern == "one":
+            for new in batch:
+                await tenant.enqueue_work_item(new)
+        else:
+            due = utc_now() + timedelta(seconds=0.3)
+            for new in batch:
+                new.available_at = due
+                await tenant.enqueue_work_item(new)
+            for new in batch:
+                ready[new.id] = time.perf_counter() + 0.3
+            continue
+        now = time.perf_counter()
+        for new in batch:
+            ready[new.id] = now
+        await asyncio.sleep(rng.choice([0, 0.01, 0.05]))
+    # Waiters left over wait on: give the items 3 s, then stop the rest.
+    for _ in range(300):
+        if len(claimed_at) == len(items):
+            break
+        await asyncio.sleep(0.01)
+    for task, _ in waiters:
+        task.cancel()
+    await asyncio.gather(*watchers, return_exceptions=True)
+    late = [claimed_at.get(i, math.inf) - ready[i] for i in ready]
+    assert all(delay < LATENCY_BOUND_S for delay in late), (seed, sorted(late)[-4:], len(late))
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_items_reach_waiters_across_a_dropped_listener(
+    store: StateStore, database_url: str
+) -> None:
+    """The listener is terminated while woken waiters claim and items keep coming (before,
+    during and after the reconnection): every item is claimed within a second."""
+    eid = await execution(store)
+    waker = store._backend.waker
+    tasks = [await waiting(store, wait=30) for _ in range(9)]
+    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    admin = await asyncpg.connect(dsn)
+    start = time.perf_counter()
+    try:
+        for round_ in range(3):
+            await asyncio.gather(*(store.enqueue_work_item(item(eid)) for _ in range(2)))
+            pid = waker.listener_pid
+            if pid is not None:
+                await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+            await store.enqueue_work_item(item(eid))
+            await asyncio.sleep(0.05 * round_)
+    finally:
+        await admin.close()
+    claimed = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert all(found is not None for found in claimed)
+    assert time.perf_counter() - start < 0.15 + LATENCY_BOUND_S
+
+
+async def test_waiters_that_know_a_delayed_item_do_not_wake_each_other(store: StateStore) -> None:
+    """Workers claiming in a loop with short waits, a delayed item far off: each knows when
+    it comes due, so one leaving at its deadline wakes no other (two claims per call: the
+    first, and the one at the deadline; a wake-up passed on would add a third)."""
+    eid = await execution(store)
+    await store.enqueue_work_item(item(eid, available_at=utc_now() + timedelta(hours=1)))
+    claims = count_claims(store)
+    calls = [0]
+
+    async def worker(offset: float) -> None:
+        await asyncio.sleep(offset)  # deadlines apart: a woken waiter is mid-wait
+        while True:
+            calls[0] += 1
+            assert await store.claim_work_item("w", ["q"], wait=0.2) is None
+
+    workers = [asyncio.create_task(worker(n * 0.05)) for n in range(4)]
+    await asyncio.sleep(1.5)
+    for task in workers:
+        task.cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
+    finished = calls[0] - len(workers)
+    assert finished >= 8
+    assert claims[0] <= 2 * calls[0], (claims[0], calls[0])
+
+
+async def test_closing_the_store_ends_its_waiting_claims(store: StateStore) -> None:
+    """Claims waiting (long deadlines, the store's and a tenant view's) when the store
+    closes end at once with ``DatabaseError``; none sleeps on to its deadline."""
+    await store.create_tenant(Tenant(id="t", name="t"))
+    tasks = [await waiting(view, wait=30) for view in (store, store.for_tenant("t")) * 2]
+    start = time.perf_counter()
+    await asyncio.wait_for(store.close(), 5)
+    done, pending = await asyncio.wait(tasks, timeout=2)
+    for task in pending:
+        task.cancel()
+    assert not pending, time.perf_counter() - start
+    assert all(isinstance(task.exception(), DatabaseError) for task in done)
+    assert not store._backend.waker._waiters
+
+
+async def test_claims_cancelled_at_any_point_lose_no_wake_up(store: StateStore) -> None:
+    """Workers whose waiting claims are cut off by tiny timeouts (so cancelled at every await
+    of a claim: registering, claiming, reading the due time, waiting) beside two patient
+    waiters: each item enqueued is taken (claimed by someone) within a second."""
+    import random
+
+    rng = random.Random(7)
+    eid = await execution(store)
+    stop = asyncio.Event()
+
+    async def impatient() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    store.claim_work_item("impatient", ["q"], wait=30), rng.random() * 0.02
+                )
+
+    async def patient() -> None:
+        while not stop.is_set():
+            await store.claim_work_item("patient", ["q"], wait=30)
+
+    workers = [asyncio.create_task(impatient()) for _ in range(6)]
+    workers += [asyncio.create_task(patient()) for _ in range(2)]
+    await asyncio.sleep(0.2)
+    try:
+        for _ in range(15):
+            new = item(eid)
+            await store.enqueue_work_item(new)
+            start = time.perf_counter()
+            while True:
+                found = await store.get_work_item(new.id)
+                assert found is not None
+                if found.status != "pending":
+                    break
+                assert time.perf_counter() - start < LATENCY_BOUND_S, "an item nobody took"
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(rng.random() * 0.05)
+    finally:
+        stop.set()
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)

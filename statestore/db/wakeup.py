@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sqlite3
 import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -51,14 +52,21 @@ RECONNECT_S = (0.1, 0.5, 1.0, 2.0)
 _log = logging.getLogger("statestore")
 
 
-class _Waiter:
-    __slots__ = ("event", "group", "types")
+class Waiter:
+    """One claim waiting for work (:meth:`Waker.waiting`)."""
+
+    __slots__ = ("due_at", "event", "group", "types", "wakes_at")
 
     def __init__(self, types: frozenset[str], group: Hashable) -> None:
         self.event = asyncio.Event()
+        """Set when it should claim (clear it before each claim, so none is missed)."""
         self.types = types
         self.group = group
         """Waiters of one group would claim the same items: a signal wakes one of them."""
+        self.wakes_at = math.inf
+        """Loop time at which its wait ends by itself (its deadline, or a delayed item's)."""
+        self.due_at: float | None = None
+        """Loop time at which the earliest delayed item it knows of comes due."""
 
 
 class Waker:
@@ -66,7 +74,7 @@ class Waker:
 
     def __init__(self, config: DatabaseConfig) -> None:
         self._config = config
-        self._waiters: dict[_Waiter, None] = {}
+        self._waiters: dict[Waiter, None] = {}
         """In the order they started waiting: the longest waiting is woken first."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -86,24 +94,30 @@ class Waker:
         return self._config.dialect != "postgresql" or self._listening
 
     @contextlib.contextmanager
-    def waiting(
-        self, queue_types: Sequence[str], scope: Hashable = None
-    ) -> Iterator[asyncio.Event]:
-        """Register a waiter for ``queue_types`` (claiming in ``scope``) for the block; its
-        event is set when it should claim (clear it before each claim, so none is missed).
-        Leaving the block with the event set passes the wake-up on."""
+    def waiting(self, queue_types: Sequence[str], scope: Hashable = None) -> Iterator[Waiter]:
+        """Register a waiter for ``queue_types`` (claiming in ``scope``) for the block.
+        Leaving the block with its event set passes the wake-up on; so does leaving before a
+        delayed item it knows of comes due when no other waiter of its group would wake by
+        then (they may have gone to sleep before the item was enqueued, and only this one
+        was woken for it)."""
         loop = asyncio.get_running_loop()
         self._loop = loop
         types = frozenset(queue_types)
-        waiter = _Waiter(types, (scope, types))
+        waiter = Waiter(types, (scope, types))
         self._waiters[waiter] = None
         self._start()
         try:
-            yield waiter.event
+            yield waiter
         finally:
             del self._waiters[waiter]
-            if waiter.event.is_set():  # woken, and gone without the claim it was woken for
+            if waiter.event.is_set() or self._left_uncovered(waiter):
                 self.pass_on(queue_types)
+
+    def _left_uncovered(self, gone: Waiter) -> bool:
+        due_at = gone.due_at
+        return due_at is not None and not any(
+            w.group == gone.group and w.wakes_at <= due_at for w in self._waiters
+        )
 
     def signal(self, queue_type: str | None = None, *, everyone: bool = False) -> None:
         """Items of ``queue_type`` (of any type if ``None``) may be claimable: wake one waiter
@@ -159,8 +173,11 @@ class Waker:
             loop.call_soon_threadsafe(self.signal)
 
     async def close(self) -> None:
-        """Stop the watcher or listener. Idempotent."""
+        """Stop the watcher or listener, and wake every waiter and follower. Idempotent."""
         self._closed = True
+        # Nothing would wake them any more: each reads or claims again at once and learns
+        # that the store is closed, instead of sleeping on to its deadline.
+        self.signal(everyone=True)
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
