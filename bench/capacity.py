@@ -48,7 +48,6 @@ import json
 import multiprocessing
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import time
@@ -63,7 +62,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import sqlalchemy
-from common import cpu_model
+from common import command_line, cpu_model
 from sqlalchemy import Dialect, Executable, event
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -820,15 +819,6 @@ def peaks(rows: Sequence[Row]) -> str:
 
 def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def command_line() -> str:
-    python = Path(sys.executable)
-    try:
-        shown = str(python.relative_to(Path.cwd()))
-    except ValueError:
-        shown = str(python)
-    return shlex.join([shown, *sys.argv])
 
 
 def git(*args: str) -> str:

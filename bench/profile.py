@@ -655,6 +655,43 @@ async def cell(
 # ---------------------------------------------------------------- the databases
 
 
+async def cells(
+    database: str,
+    store: StateStore,
+    seeded: Seeded,
+    raw_side: dict[str, AsyncOp],
+    size: tuple[int, int, set[str]],
+    profile: Callable[[AsyncOp, int], Awaitable[tuple[pstats.Stats, float]]],
+) -> list[Row]:
+    """One row per operation in ``size``'s set: the store's call against ``raw_side``'s,
+    ``size`` = (calls, rounds, operations); the queue is topped up before each claim run."""
+    calls, rounds, only = size
+    store_side = store_ops(store, seeded)
+
+    async def before(count: int) -> None:
+        await top_up(store, seeded, count)
+
+    rows: list[Row] = []
+    for operation in OPERATIONS:
+        if operation not in only:
+            continue
+        hook = before if operation == "claim_complete" else None
+        rows.append(
+            await cell(
+                database,
+                operation,
+                store_side[operation],
+                raw_side[operation],
+                calls,
+                rounds,
+                hook,
+                lambda n, op=store_side[operation]: profile(op, n),
+            )
+        )
+        progress(rows[-1])
+    return rows
+
+
 async def postgresql_rows(calls: int, rounds: int, only: set[str]) -> list[Row]:
     name = f"statestore_profile_{os.getpid()}"
     admin = await asyncpg.connect(PG_ADMIN_URL)
@@ -667,28 +704,14 @@ async def postgresql_rows(calls: int, rounds: int, only: set[str]) -> list[Row]:
         try:
             seeded = await seed(store)
             await conn.execute("ANALYZE")
-            store_side, raw_side = store_ops(store, seeded), pg_raw_ops(conn, seeded)
-
-            async def before(count: int) -> None:
-                await top_up(store, seeded, count)
-
-            for operation in OPERATIONS:
-                if operation not in only:
-                    continue
-                hook = before if operation == "claim_complete" else None
-                rows.append(
-                    await cell(
-                        "postgresql",
-                        operation,
-                        store_side[operation],
-                        raw_side[operation],
-                        calls,
-                        rounds,
-                        hook,
-                        lambda n, op=store_side[operation]: profile_calls(op, n),
-                    )
-                )
-                progress(rows[-1])
+            rows += await cells(
+                "postgresql",
+                store,
+                seeded,
+                pg_raw_ops(conn, seeded),
+                (calls, rounds, only),
+                profile_calls,
+            )
         finally:
             await conn.close()
             await store.close()
@@ -722,28 +745,14 @@ async def sqlite_rows(calls: int, rounds: int, only: set[str]) -> list[Row]:
         hop = OneHop(conn)
         try:
             seeded = await seed(store)
-            store_side, raw_side = store_ops(store, seeded), sqlite_raw_ops(hop, seeded)
-
-            async def before(count: int) -> None:
-                await top_up(store, seeded, count)
-
-            for operation in OPERATIONS:
-                if operation not in only:
-                    continue
-                hook = before if operation == "claim_complete" else None
-                rows.append(
-                    await cell(
-                        "sqlite",
-                        operation,
-                        store_side[operation],
-                        raw_side[operation],
-                        calls,
-                        rounds,
-                        hook,
-                        lambda n, op=store_side[operation]: profile_sqlite(store, op, n),
-                    )
-                )
-                progress(rows[-1])
+            rows += await cells(
+                "sqlite",
+                store,
+                seeded,
+                sqlite_raw_ops(hop, seeded),
+                (calls, rounds, only),
+                lambda op, n: profile_sqlite(store, op, n),
+            )
         finally:
             hop.stop()
             conn.close()
