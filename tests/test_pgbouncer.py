@@ -227,6 +227,8 @@ async def test_bad_pgbouncer_settings_are_refused_at_connect(
     with pytest.raises(ConfigurationError, match=named) as raised:
         await StateStore.connect(url, **options)
     assert "secret" not in str(raised.value)
+    if "direct_url" in options:  # the message says which of the two URLs is wrong
+        assert str(raised.value).startswith("direct_url"), raised.value
 
 
 async def test_an_sqlite_store_takes_no_direct_url(tmp_path: Path) -> None:

@@ -112,11 +112,19 @@ def _direct_url(raw: str | URL) -> URL:
     """The direct URL: a PostgreSQL URL checked like the store's, without ``pgbouncer``."""
     if not isinstance(raw, str | URL):
         raise ConfigurationError(f"direct_url must be a string, got {type(raw).__name__}")
-    parsed = parse_url(raw)
-    if parsed.drivername not in _POSTGRES_DRIVERS:
-        raise ConfigurationError("direct_url must be a PostgreSQL URL (postgresql://…)")
-    check_single_at(raw)
-    url, pgbouncer = normalise_postgres_url(parsed)
+    try:
+        parsed = parse_url(raw)
+        if parsed.drivername not in _POSTGRES_DRIVERS:
+            raise ConfigurationError("direct_url must be a PostgreSQL URL (postgresql://…)")
+        check_single_at(raw)
+        url, pgbouncer = normalise_postgres_url(parsed)
+    except ConfigurationError as exc:
+        # The checks are the store URL's own and speak of "the database URL": say which of
+        # the two URLs it is (the message never holds the URL itself).
+        message = str(exc)
+        if not message.startswith("direct_url"):
+            message = f"direct_url: {message}"
+        raise ConfigurationError(message) from None
     if pgbouncer:
         raise ConfigurationError(
             "direct_url says pgbouncer=true: it must lead to PostgreSQL itself (or to a "
