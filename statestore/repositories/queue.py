@@ -116,7 +116,7 @@ def _claim_order(row: Any) -> tuple[int, datetime, uuid.UUID]:
     return (-row.priority, row.created_at, row.id)
 
 
-class _Enqueue(NamedTuple):
+class CheckedItem(NamedTuple):
     """An enqueue's input, checked: what :func:`statestore.db.queries.enqueue_item` takes
     (every column of the new item but ``tenant_id``, the payload as its JSON text), and the
     refusal of a model naming another tenant (nothing is written then)."""
@@ -169,7 +169,11 @@ class QueueRepository(Repository):
         nothing written:
         NotFoundError (execution missing in this scope), InvalidTransitionError (execution
         finished), TenantSuspendedError (tenant not active), ConflictError (duplicate id)."""
-        new = self._checked_item(item)
+        return self.enqueue_checked(session, self.check_item(item))
+
+    def enqueue_checked(self, session: Session, new: CheckedItem) -> uuid.UUID:
+        """:meth:`enqueue` of an item :meth:`check_item` already checked (a turn checks
+        its successors before its transaction begins)."""
         execution_id = new.values["execution_id"]
         if new.other_tenant is not None:
             raise refusal_if_visible(session, execution_id, new.other_tenant)
@@ -184,8 +188,10 @@ class QueueRepository(Repository):
         item_id: uuid.UUID = new.values["id"]
         return item_id
 
-    def _checked_item(self, item: WorkItem) -> _Enqueue:
-        item = coerce_model("item", WorkItem, item)
+    def check_item(self, item: WorkItem, name: str = "item") -> CheckedItem:
+        """An item to enqueue, checked (``ValidationError``, naming it ``name``) and turned
+        into its row."""
+        item = coerce_model(name, WorkItem, item)
         now = self.context.now()
         values: dict[str, Any] = {
             "id": item.id,
@@ -211,7 +217,7 @@ class QueueRepository(Repository):
             "dead_lettered_at": None,
             "dedupe_key": check_optional_identifier("dedupe_key", item.dedupe_key),
         }
-        return _Enqueue(values, self.context.other_tenant(item))
+        return CheckedItem(values, self.context.other_tenant(item))
 
     def get(self, session: Session, item_id: uuid.UUID | str) -> WorkItem | None:
         row = select_row(session, WorkItemRow, WorkItemRow.id == check_uuid("item_id", item_id))

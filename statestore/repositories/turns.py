@@ -43,7 +43,7 @@ from statestore.repositories.base import Repository, StoreContext
 from statestore.repositories.effects import EffectRepository
 from statestore.repositories.events import MAX_BATCH, EventRepository
 from statestore.repositories.executions import ExecutionRepository
-from statestore.repositories.queue import MAX_CLAIM, QueueRepository
+from statestore.repositories.queue import MAX_CLAIM, CheckedItem, QueueRepository
 from statestore.repositories.snapshots import SnapshotRepository
 from statestore.validation import (
     check_enum,
@@ -67,7 +67,8 @@ class Turn:
     lease_fence: int
     events: list[queries.NewEvent]
     state_patch: Any
-    enqueue: list[WorkItem]
+    enqueue: list[CheckedItem]
+    """The successors, checked and turned into their rows."""
     fail: str | None
     retry_in: timedelta | None
     status: WorkflowStatus | None
@@ -127,7 +128,7 @@ class TurnRepository(Repository):
             if state_patch is None
             else check_json("state_patch", state_patch, max_bytes),
             enqueue=[
-                coerce_model("enqueue item", WorkItem, item)
+                self.queue.check_item(item, "enqueue item")
                 for item in _sequence("enqueue", enqueue, MAX_CLAIM)
             ],
             fail=None if fail is None else check_text("fail", fail),
@@ -152,7 +153,7 @@ class TurnRepository(Repository):
         with narrowed_to(session, locked.tenant_id):
             item_status = self._settle(session, turn, now)
             sequences = self._advance(session, turn, locked, now)
-            enqueued = [self.queue.enqueue(session, item) for item in turn.enqueue]
+            enqueued = [self.queue.enqueue_checked(session, item) for item in turn.enqueue]
             if turn.status is not None:
                 self.executions.update_status(session, execution_id, turn.status, None)
             snapshot_at = self._snapshot(session, execution_id) if turn.snapshot else None
