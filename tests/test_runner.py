@@ -140,9 +140,9 @@ async def test_postgres_alternating_modes_do_not_grow_kept_connections(
     """An engine alternates autocommit calls (claims, reads) with transactions (turns).
     SQLAlchemy queues a reset of the isolation level on a connection at every switch and
     runs it only when the connection goes back to the pool, so a kept connection switched
-    at every call would grow without end. With room in the pool each mode keeps its own
-    connection (no switch); with room for one kept connection only (a pool of 2), the
-    switched connection goes back to the pool after ``MAX_SWITCHES`` switches."""
+    at every call would grow without end: a kept connection goes back to the pool after
+    ``MAX_SWITCHES`` switches (with the default pool and with room for one kept connection
+    only, a pool of 2)."""
     backend_pid = lambda s: s.execute(text("SELECT pg_backend_pid()")).scalar()  # noqa: E731
     async with await StateStore.open(pg_database, **pool) as store:
         runner = store._backend.runner
@@ -154,9 +154,7 @@ async def test_postgres_alternating_modes_do_not_grow_kept_connections(
         for connection, *_ in runner._idle:
             record = connection.sync_connection.connection._connection_record  # type: ignore[union-attr]
             assert len(record.finalize_callback) <= MAX_SWITCHES + 1
-        if not pool:  # one connection per mode, kept
-            assert len(pids) == 2
-            assert len(runner._idle) == 2
+        assert {autocommit for autocommit, _pid in pids} == {False, True}
 
 
 async def test_postgres_cancelled_call_does_not_poison_kept_connections(pg_database: str) -> None:
@@ -185,10 +183,8 @@ async def test_postgres_read_on_a_dead_kept_connection_is_retried(pg_database: s
         await store.create_execution(execution)
         backend_pid = lambda s: s.execute(text("SELECT pg_backend_pid()")).scalar()  # noqa: E731
 
-        async def kill_kept_connection(write: bool = False) -> None:
-            # The connection kept for the next call of that kind (a read or single
-            # statement in autocommit, a write in a transaction: each mode keeps its own).
-            pid = await store.run(backend_pid, write=write)
+        async def kill_kept_connection() -> None:
+            pid = await store.run(backend_pid, write=False)
             admin = await asyncpg.connect(pg_database)
             try:
                 assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
@@ -199,7 +195,7 @@ async def test_postgres_read_on_a_dead_kept_connection_is_retried(pg_database: s
             await kill_kept_connection()
             assert await read()  # ORM path, then the driver path
 
-        await kill_kept_connection(write=True)
+        await kill_kept_connection()
         with pytest.raises(DatabaseError):
             await store.update_execution_current_state(execution.execution_id, {"n": 1})
         await store.update_execution_current_state(execution.execution_id, {"n": 2})

@@ -201,6 +201,10 @@ def _wrapped(
         return exc
     lost = dialect.is_disconnect(exc, connection.connection.dbapi_connection, cursor)
     if lost:
+        # What SQLAlchemy's own handler does on a disconnect: a server restart or a
+        # terminated backend drops every connection the pool made before now, so the pool
+        # replaces each of them at its next checkout; this one is invalidated at once.
+        connection.engine.pool._invalidate(connection.connection, exc)
         connection.invalidate(exc)
     return sa_exc.DBAPIError.instance(
         compiled.sql, args, exc, dbapi.Error, connection_invalidated=lost, dialect=dialect

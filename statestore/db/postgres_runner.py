@@ -52,11 +52,9 @@ class PostgresRunner(Runner):
 
     The runner keeps the connections it used checked out of the engine's pool, up to the
     pool's size: taking a connection from the pool and giving it back costs several greenlet
-    switches and pool events per call, more than a small statement. A call takes a kept
-    connection already in its mode (AUTOCOMMIT or READ COMMITTED) when there is one, so an
-    engine alternating claims and turns keeps one of each and never switches; a kept
-    connection is switched (no round trip, ~65 µs of CPU here) only when no new one could
-    be kept. Closing
+    switches and pool events per call, more than a small statement. A kept connection
+    switches between AUTOCOMMIT and READ COMMITTED as calls need (no round trip, ~65 µs of
+    CPU here), and goes back to the pool after :data:`MAX_SWITCHES` switches. Closing
     the runner waits for the calls still running, then returns the kept connections.
     Measured here: keeping them saves 80-150 µs per call (a point read takes ~210 µs kept,
     ~300 µs through the pool). The pool's own options still hold: with ``pool_pre_ping``
@@ -125,13 +123,13 @@ class PostgresRunner(Runner):
 
     async def _acquire(self, autocommit: bool) -> tuple[AsyncConnection, int]:
         """A connection in the mode asked for, and how many times it has switched modes
-        since it left the pool. A kept connection already in that mode is preferred; a
-        kept one is switched only when a new one could not be kept or would have to wait."""
+        since it left the pool. The most recently kept connection is taken whatever its
+        mode, and switched if needed: keeping one per mode would hide a dead connection of
+        the other mode after a server restart until a write met it (writes are not
+        retried), where one shared connection is found dead, and every kept one dropped,
+        by the first call."""
         while self._idle:
-            index = self._kept_in_mode(autocommit)
-            if index is None and self._can_keep_another():
-                break  # take a new one from the pool rather than switch a kept one
-            connection, mode, switches = self._idle.pop(-1 if index is None else index)
+            connection, mode, switches = self._idle.pop()
             if connection.closed or connection.invalidated or self._too_old(connection):
                 await connection.close()
                 continue
@@ -143,22 +141,6 @@ class PostgresRunner(Runner):
         if autocommit:
             await connection.execution_options(isolation_level=_isolation(autocommit))
         return connection, 0
-
-    def _kept_in_mode(self, autocommit: bool) -> int | None:
-        """The index of the most recently kept connection in that mode, if any."""
-        for index in range(len(self._idle) - 1, -1, -1):
-            if self._idle[index][1] == autocommit:
-                return index
-        return None
-
-    def _can_keep_another(self) -> bool:
-        """Whether one more connection could be taken from the pool without waiting and
-        then kept (see :meth:`_release`)."""
-        return (
-            len(self._idle) < self._keep_idle
-            and self._pool is not None
-            and self._pool.checkedout() + 1 < self._capacity
-        )
 
     def _too_old(self, connection: AsyncConnection) -> bool:
         """Older than the pool's ``pool_recycle``: the pool replaces it at its next checkout."""
