@@ -16,7 +16,6 @@ from collections.abc import AsyncGenerator
 from statestore.db.backend import Backend
 from statestore.db.runner import Call
 from statestore.db.tenancy import Scope
-from statestore.db.wakeup import FALLBACK_POLL_S
 from statestore.models import Event
 from statestore.repositories.events import MAX_BATCH, EventRepository
 from statestore.validation import check_int
@@ -59,15 +58,9 @@ async def iter_feed(
                 continue
             if not follow:
                 return
-            timeout = pause if waker.reliable else min(pause, FALLBACK_POLL_S)
-            try:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
-                # cancellation that arrives as the event is set.
-                async with asyncio.timeout(timeout):
-                    await woken.wait()
-            except TimeoutError:
-                pause = min(pause * 2, MAX_POLL_S)
-            else:
-                # Woken: something committed. If the horizon still holds it back, the
-                # next read comes soon again.
+            if await waker.woken(woken, waker.bounded(pause)):
+                # Something committed. If the horizon still holds it back, the next read
+                # comes soon again.
                 pause = FIRST_POLL_S
+            else:
+                pause = min(pause * 2, MAX_POLL_S)

@@ -16,7 +16,6 @@ from statestore.db.backend import Backend
 from statestore.db.maintenance import Leadership, sqlite_housekeeping
 from statestore.db.runner import Call
 from statestore.db.tenancy import Scope
-from statestore.db.wakeup import FALLBACK_POLL_S
 from statestore.errors import (
     ConflictError,
     LeaseLostError,
@@ -108,14 +107,9 @@ async def claim_waiting(
                     until_due = max((due - queue.context.now()).total_seconds(), 0.0)
                     timeout = min(timeout, until_due + 0.001)
                     waiter.due_at = loop.time() + until_due
-                if not waker.reliable:
-                    timeout = min(timeout, FALLBACK_POLL_S)
+                timeout = waker.bounded(timeout)
                 waiter.wakes_at = loop.time() + timeout
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
-                # that arrives as the event is set.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await woken.wait()
+                await waker.woken(woken, timeout)
         except BaseException:
             # A claim that failed or was cancelled may have been the one this waiter was
             # woken for: pass the wake-up on, or the item waits for the others' deadlines.

@@ -124,8 +124,7 @@ class Waker:
         of each group concerned (``everyone``: every waiter), and every feed follower. On
         the loop."""
         self.wakeups += 1
-        for follower in self._followers:
-            follower.set()
+        self._wake_followers()
         self._wake(lambda types: queue_type is None or queue_type in types, everyone)
 
     def pass_on(self, queue_types: Sequence[str]) -> None:
@@ -161,8 +160,28 @@ class Waker:
         """One of this store's writes returned (on the loop): wake its feed followers. On
         PostgreSQL only; on SQLite :meth:`committed` already did, after the COMMIT."""
         if self._config.dialect == "postgresql":
-            for follower in self._followers:
-                follower.set()
+            self._wake_followers()
+
+    def _wake_followers(self) -> None:
+        for follower in self._followers:
+            follower.set()
+
+    def bounded(self, timeout: float) -> float:
+        """``timeout`` in seconds, cut to :data:`FALLBACK_POLL_S` while no signal is sure to
+        come (:attr:`reliable` is false)."""
+        return timeout if self.reliable else min(timeout, FALLBACK_POLL_S)
+
+    @staticmethod
+    async def woken(event: asyncio.Event, seconds: float) -> bool:
+        """Wait up to ``seconds`` for ``event``; whether it was set."""
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # arrives as the event is set.
+        try:
+            async with asyncio.timeout(seconds):
+                await event.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def committed(self) -> None:
         """A write transaction committed (any thread): wake one waiter of each group."""
