@@ -180,6 +180,31 @@ async def test_durations_per_method(store: StateStore, otel: Telemetry) -> None:
     assert points["create_execution"].count == 1
 
 
+async def test_either_provider_alone_is_served(store: StateStore) -> None:
+    """Without a provider the hook is skipped; a meter provider alone still gets every
+    call's duration, a tracer provider alone every call's span."""
+    recorded = Telemetry()
+    try:
+        telemetry.use_providers()
+        assert not telemetry.observed()  # the API's global no-op providers in this process
+        telemetry.use_providers(meter_provider=recorded.meter_provider)
+        assert telemetry.observed()
+        eid = await new_execution(store)
+        await store.get_execution(eid)
+        assert recorded.names() == []
+        durations = {
+            p.attributes["statestore.method"]: p.count for p in recorded.points(telemetry.DURATION)
+        }
+        assert durations == {"create_execution": 1, "get_execution": 1}
+        telemetry.use_providers(tracer_provider=recorded.tracer_provider)
+        await store.get_execution(eid)
+        assert recorded.names() == ["statestore.get_execution"]
+    finally:
+        telemetry.use_providers()
+        recorded.tracer_provider.shutdown()
+        recorded.meter_provider.shutdown()
+
+
 async def test_a_call_of_several_transactions_names_each_after_the_call(
     store: StateStore, otel: Telemetry
 ) -> None:

@@ -47,10 +47,11 @@ class Backend:
 
     async def write(self, op: Operation[T], scope: Scope) -> T:
         """One write transaction (see :meth:`Runner.write`), traced when OpenTelemetry is
-        installed (:mod:`statestore.telemetry`); then the store's feed followers are woken
-        (:meth:`Waker.wrote`: the write may have appended events)."""
-        await self._ready()
-        if telemetry.ENABLED:
+        installed and a provider configured (:mod:`statestore.telemetry`); then the store's
+        feed followers are woken (:meth:`Waker.wrote`: the write may have appended events)."""
+        if not self._schema_checked or self.closed:
+            await self._ready()
+        if telemetry.ENABLED and telemetry.observed():
             result = await telemetry.traced(
                 self.runner.write, op, scope, db_system=self.config.dialect, write=True
             )
@@ -61,8 +62,9 @@ class Backend:
 
     async def read(self, op: Operation[T], scope: Scope) -> T:
         """One read (see :meth:`Runner.read`), traced like :meth:`write`."""
-        await self._ready()
-        if telemetry.ENABLED:
+        if not self._schema_checked or self.closed:
+            await self._ready()
+        if telemetry.ENABLED and telemetry.observed():
             return await telemetry.traced(
                 self.runner.read, op, scope, db_system=self.config.dialect, write=False
             )

@@ -19,12 +19,16 @@ from statestore.db.runner import (
     Runner,
     bind_loop,
     is_single_statement,
+    new_session,
     run_in_session,
 )
-from statestore.db.tenancy import Scope
+from statestore.db.tenancy import Scope, TenantSession
 from statestore.errors import DatabaseError
 
 T = TypeVar("T")
+
+MAX_KEPT_SESSIONS = 64
+"""Sessions of finished calls kept for later calls, at most (see ``_keep_session``)."""
 
 MAX_SWITCHES = 100
 """Mode switches after which a kept connection goes back to the pool (see
@@ -74,6 +78,9 @@ class PostgresRunner(Runner):
         self._recycle: float = getattr(pool, "_recycle", -1)
         # (connection, autocommit, mode switches since it left the pool)
         self._idle: list[tuple[AsyncConnection, bool, int]] = []
+        # Sessions of finished calls, clean, for the next calls: building a Session costs
+        # more than a point read's own Python (~20 µs of CPU per call measured here).
+        self._sessions: list[TenantSession] = []
         self._running: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -102,17 +109,20 @@ class PostgresRunner(Runner):
     async def _on_connection(self, op: Operation[T], scope: Scope, autocommit: bool) -> T:
         try:
             connection, switches = await self._acquire(autocommit)
+            session = self._sessions.pop() if self._sessions else new_session()
             try:
-                result = await connection.run_sync(_transaction, op, scope, autocommit)
+                result = await connection.run_sync(_transaction, op, scope, autocommit, session)
             except BaseException as exc:
                 if connection.invalidated:
                     # The server dropped it: every kept connection is at least as old.
                     await self._drop_idle()
                 if isinstance(exc, Exception) and not _driver_failed(exc):
+                    self._keep_session(session)
                     await self._release(connection, autocommit, switches)
                 else:  # a driver error or a cancellation: its state is unknown
                     _terminate(connection)
                 raise
+            self._keep_session(session)
             await self._release(connection, autocommit, switches)
             return result
         except Exception as exc:
@@ -141,6 +151,12 @@ class PostgresRunner(Runner):
         if autocommit:
             await connection.execution_options(isolation_level=_isolation(autocommit))
         return connection, 0
+
+    def _keep_session(self, session: TenantSession) -> None:
+        """Keep ``session`` for a later call (:func:`run_in_session` left it clean, its
+        scope removed): one per call that ran at once, up to :data:`MAX_KEPT_SESSIONS`."""
+        if len(self._sessions) < MAX_KEPT_SESSIONS:
+            self._sessions.append(session)
 
     def _too_old(self, connection: AsyncConnection) -> bool:
         """Older than the pool's ``pool_recycle``: the pool replaces it at its next checkout."""
@@ -205,15 +221,22 @@ class PostgresRunner(Runner):
         await self._drop_idle()
 
 
-def _transaction(connection: Connection, op: Operation[T], scope: Scope, autocommit: bool) -> T:
-    """Inside ``run_sync``: ``op`` in autocommit, or in one READ COMMITTED transaction."""
+def _transaction(
+    connection: Connection,
+    op: Operation[T],
+    scope: Scope,
+    autocommit: bool,
+    session: TenantSession,
+) -> T:
+    """Inside ``run_sync``: ``op`` on ``session`` in autocommit, or in one READ COMMITTED
+    transaction."""
     if autocommit:
-        result = run_in_session(connection, op, scope)
+        result = run_in_session(connection, op, scope, session)
         if connection.in_transaction():  # SQLAlchemy's autobegin: nothing to send
             connection.commit()
         return result
     with connection.begin():
-        return run_in_session(connection, op, scope)
+        return run_in_session(connection, op, scope, session)
 
 
 def _terminate(connection: AsyncConnection) -> None:
