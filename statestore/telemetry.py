@@ -49,10 +49,12 @@ if TYPE_CHECKING:
 try:
     from opentelemetry import metrics as otel_metrics
     from opentelemetry import trace as otel_trace
+    from opentelemetry.metrics import _internal as _metrics_globals
     from opentelemetry.metrics._internal import _ProxyMeterProvider
 except ImportError:  # the otel extra is not installed: nothing is traced
     otel_metrics = None  # type: ignore[assignment]
     otel_trace = None  # type: ignore[assignment]
+    _metrics_globals = None  # type: ignore[assignment]
     _ProxyMeterProvider = None  # type: ignore[assignment,misc]
 
 ENABLED = otel_trace is not None
@@ -94,9 +96,9 @@ class _Instruments:
         """Whether a tracer provider is configured (not the API's proxy or no-op one)."""
         if self.own_tracer_provider:
             return True
+        provider = _global_provider(otel_trace, "_TRACER_PROVIDER", "get_tracer_provider")
         assert otel_trace is not None
-        provider = otel_trace.get_tracer_provider()
-        return not isinstance(
+        return provider is not None and not isinstance(
             provider, otel_trace.ProxyTracerProvider | otel_trace.NoOpTracerProvider
         )
 
@@ -104,9 +106,11 @@ class _Instruments:
         """Whether a meter provider is configured (not the API's proxy or no-op one)."""
         if self.own_meter_provider:
             return True
+        provider = _global_provider(_metrics_globals, "_METER_PROVIDER", "get_meter_provider")
         assert otel_metrics is not None
-        provider = otel_metrics.get_meter_provider()
-        return not isinstance(provider, _ProxyMeterProvider | otel_metrics.NoOpMeterProvider)
+        return provider is not None and not isinstance(
+            provider, _ProxyMeterProvider | otel_metrics.NoOpMeterProvider
+        )
 
     def record(self, started: float, metric: dict[str, Any], error: BaseException | None) -> None:
         """One duration, with the call's outcome."""
@@ -119,6 +123,16 @@ class _Instruments:
                 "error.type": type(error).__name__,
             }
         self.duration.record(time.perf_counter() - started, attributes)
+
+
+def _global_provider(module: Any, variable: str, getter: str) -> Any:
+    """The global provider the API holds, ``None`` while none is set. Read from the API's
+    own variable where it has one: its public getter reads the environment at every call
+    (for ``OTEL_PYTHON_*_PROVIDER``, which it already followed when the instruments were
+    made), a few microseconds per store call."""
+    if hasattr(module, variable):
+        return getattr(module, variable)
+    return getattr(module, getter)()
 
 
 _instruments: _Instruments | None = None

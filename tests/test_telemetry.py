@@ -239,6 +239,49 @@ async def test_the_queue_depth_gauge(store: StateStore, otel: Telemetry) -> None
     assert depth[("other", "pending")] == 0
 
 
+def test_a_global_provider_set_later_is_used_from_the_next_call(tmp_path: Any) -> None:
+    """The global providers (the API's own, in a process of its own) are looked up at every
+    call: a store that made calls before any was configured traces and times the calls
+    made after."""
+    code = f"""
+import asyncio
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from statestore import StateStore, WorkflowExecution, telemetry
+
+async def main():
+    async with await StateStore.open("sqlite:///{tmp_path / "late.db"}") as store:
+        execution = WorkflowExecution(workflow_id="wf", workflow_version="1")
+        await store.create_execution(execution)
+        assert not telemetry.observed()
+        exporter = InMemorySpanExporter()
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(tracer_provider)
+        await store.get_execution(execution.execution_id)
+        assert [s.name for s in exporter.get_finished_spans()] == ["statestore.get_execution"]
+        trace.get_tracer_provider().shutdown()
+    async with await StateStore.open("sqlite:///{tmp_path / "late2.db"}") as store:
+        reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+        await store.create_execution(WorkflowExecution(workflow_id="wf", workflow_version="1"))
+        data = reader.get_metrics_data()
+        names = [m.name for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics]
+        assert telemetry.DURATION in names, names
+
+asyncio.run(main())
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 def test_without_opentelemetry_nothing_is_imported(tmp_path: Any) -> None:
     """With the package missing (an import of it fails), a store works and never imports
     any of it."""
