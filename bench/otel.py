@@ -1,5 +1,6 @@
 """What tracing costs: append_event with the OpenTelemetry SDK configured against the same
-store with none (the API's no-op tracer, what every other cell measures).
+store with none (no provider configured: the store skips its hook, as in every other
+cell).
 
 ``otel``: a ``TracerProvider`` whose ``BatchSpanProcessor`` exports to nowhere and an SDK
 ``MeterProvider``, so every call makes a span and records its duration as a real
