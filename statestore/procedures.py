@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import uuid
@@ -82,8 +83,9 @@ async def claim_waiting(
     Cancelling it while it waits claims nothing (each claim is one shielded transaction)."""
     seconds = wait_seconds(wait)
     claim = Call(queue.claim, (worker_id, queue_types, limit))
+    give_back = functools.partial(_give_back, queue)
     if seconds <= 0:
-        return await backend.write(claim, scope)
+        return await backend.write(claim, scope, if_abandoned=give_back)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     waker = backend.waker
@@ -93,7 +95,7 @@ async def claim_waiting(
         try:
             while True:
                 woken.clear()  # before the claim: a commit after it wakes the wait below
-                items = await backend.write(claim, scope)
+                items = await backend.write(claim, scope, if_abandoned=give_back)
                 if waited and len(items) == limit:
                     woken.set()  # there may be more: leaving with it set wakes the next waiter
                 remaining = deadline - loop.time()
@@ -115,6 +117,18 @@ async def claim_waiting(
             # woken for: pass the wake-up on, or the item waits for the others' deadlines.
             woken.set()
             raise
+
+
+def _give_back(
+    queue: QueueRepository, items: list[WorkItem] | None, error: BaseException | None
+) -> Call[set[uuid.UUID]] | None:
+    """The follow-up of a claim whose caller stopped waiting (cancelled, a timeout) while it
+    ran: if it committed with items, nobody received them, so they go back to the queue at
+    once (:meth:`QueueRepository.release_abandoned`), instead of staying leased to nobody
+    until the lease expires, with an attempt counted towards dead-lettering."""
+    if error is not None or not items:
+        return None
+    return Call(queue.release_abandoned, (items,))
 
 
 async def reclaim_expired_leases(

@@ -255,10 +255,10 @@ def count_claims(store: StateStore) -> list[int]:
     counted = [0]
     write = backend.write
 
-    async def counting(op: Any, scope: Any) -> Any:
+    async def counting(op: Any, scope: Any, **options: Any) -> Any:
         if getattr(op, "method", None) == store.queue.claim:
             counted[0] += 1
-        return await write(op, scope)
+        return await write(op, scope, **options)
 
     backend.write = counting  # type: ignore[method-assign]
     return counted
@@ -320,7 +320,7 @@ def fail_next_claim(store: StateStore, how: str) -> list[bool]:
     fired = [False]
     write = backend.write
 
-    async def failing(op: Any, scope: Any) -> Any:
+    async def failing(op: Any, scope: Any, **options: Any) -> Any:
         if getattr(op, "method", None) == store.queue.claim and not fired[0]:
             fired[0] = True
             if how == "cancel":
@@ -329,7 +329,7 @@ def fail_next_claim(store: StateStore, how: str) -> list[bool]:
                 task.cancel()
                 await asyncio.sleep(0)
             raise StateStoreError("the claim's connection failed")
-        return await write(op, scope)
+        return await write(op, scope, **options)
 
     backend.write = failing  # type: ignore[method-assign]
     return fired
