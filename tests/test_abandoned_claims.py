@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from statestore import LeaseLostError, StateStore, WorkflowExecution, WorkItem
+from statestore import LeaseLostError, StateStore, ValidationError, WorkflowExecution, WorkItem
 
 # From "before the claim starts" (0) through "while its statement runs" to "during COMMIT"
 # and after: a claim takes roughly 0.2-2 ms here, so these delays land everywhere in it.
@@ -203,3 +203,41 @@ async def test_only_the_lease_the_claim_gave_is_given_back(store: StateStore) ->
     assert again is not None and again.id == held.id and again.lease_fence > held.lease_fence
     with pytest.raises(LeaseLostError):
         await store.complete_work_item(held.id, worker_id="w", lease_fence=held.lease_fence)
+
+
+async def test_an_abandoned_write_runs_its_follow_up_and_a_failing_one_is_logged(
+    make_store: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The runners' hook itself: a write whose caller was cancelled runs to its end; then
+    ``if_abandoned`` gets its outcome, and the follow-up it returns runs before ``close()``
+    returns. A failing follow-up, or a failing ``if_abandoned``, is logged (WARNING), never
+    raised into the event loop."""
+    caplog.set_level(logging.WARNING)
+    store: StateStore = await make_store()
+    backend, scope = store._backend, store._scope
+    await store.queue_stats()  # the schema check is behind us: the write below starts at once
+    outcomes: list[tuple[Any, BaseException | None]] = []
+
+    def refused(session: Any) -> None:
+        raise ValidationError("the follow-up was refused")
+
+    def then(result: Any, error: BaseException | None) -> Any:
+        outcomes.append((result, error))
+        if len(outcomes) == 1:
+            return refused
+        raise RuntimeError("if_abandoned itself failed")
+
+    for _ in range(2):
+        call = asyncio.create_task(backend.write(lambda session: "done", scope, if_abandoned=then))
+        await asyncio.sleep(0)  # inside the runner, waiting for the write
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    await store.close()
+    assert outcomes == [("done", None), ("done", None)]
+    logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in logged] == [
+        "the follow-up write of an abandoned call failed"
+    ] * 2
+    failures = {type(r.exc_info[1]) for r in logged if r.exc_info is not None}
+    assert failures == {ValidationError, RuntimeError}
