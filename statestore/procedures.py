@@ -80,12 +80,19 @@ async def claim_waiting(
     """Claim up to ``limit`` items; with none eligible, wait up to ``wait`` for one, woken
     by the database (:mod:`statestore.db.wakeup`) or by the timer of the earliest delayed
     item, and claim again; a waiter that loses the race waits on until its deadline.
-    Cancelling it while it waits claims nothing (each claim is one shielded transaction)."""
+    Cancelling it while it waits claims nothing (each claim is one shielded transaction):
+    a claim that commits after its caller left gives its items back (:func:`_give_back`).
+    A claim that fails passes a wake-up on: on PostgreSQL it may have locked items that
+    concurrent claims skipped (``SKIP LOCKED``) before going to wait for them."""
     seconds = wait_seconds(wait)
     claim = Call(queue.claim, (worker_id, queue_types, limit))
-    give_back = functools.partial(_give_back, queue)
+    give_back = functools.partial(_give_back, backend, queue, queue_types)
     if seconds <= 0:
-        return await backend.write(claim, scope, if_abandoned=give_back)
+        try:
+            return await backend.write(claim, scope, if_abandoned=give_back)
+        except StateStoreError as exc:
+            _claim_failed(backend, queue_types, exc)
+            raise
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     waker = backend.waker
@@ -120,15 +127,35 @@ async def claim_waiting(
 
 
 def _give_back(
-    queue: QueueRepository, items: list[WorkItem] | None, error: BaseException | None
+    backend: Backend,
+    queue: QueueRepository,
+    queue_types: Sequence[str],
+    items: list[WorkItem] | None,
+    error: BaseException | None,
 ) -> Call[set[uuid.UUID]] | None:
     """The follow-up of a claim whose caller stopped waiting (cancelled, a timeout) while it
     ran: if it committed with items, nobody received them, so they go back to the queue at
     once (:meth:`QueueRepository.release_abandoned`), instead of staying leased to nobody
-    until the lease expires, with an attempt counted towards dead-lettering."""
-    if error is not None or not items:
+    until the lease expires, with an attempt counted towards dead-lettering. If it failed,
+    the wake-up is passed on as for a caller still there (:func:`_claim_failed`)."""
+    if error is not None:
+        _claim_failed(backend, queue_types, error)
+        return None
+    if not items:
         return None
     return Call(queue.release_abandoned, (items,))
+
+
+def _claim_failed(backend: Backend, queue_types: Sequence[str], error: BaseException) -> None:
+    """A claim's transaction failed (and rolled back, releasing whatever rows it locked):
+    wake a waiter of each group claiming these queue types in this process, which claims
+    again. On PostgreSQL concurrent claims skip rows another claim has locked (``SKIP
+    LOCKED``) and go to wait: without this they would sleep to their deadline. Waiters in
+    other processes are not told (a rolled-back transaction sends no ``NOTIFY``): they
+    claim those items at their next wake-up or deadline. A ``ValidationError`` is refused
+    before any SQL ran: nothing was locked, and ``queue_types`` may not even be a list."""
+    if not isinstance(error, ValidationError):
+        backend.waker.pass_on(queue_types)
 
 
 async def reclaim_expired_leases(
