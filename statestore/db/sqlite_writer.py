@@ -76,8 +76,9 @@ class GroupCommitWriter:
 
     def _followed_up(self, future: asyncio.Future[Any]) -> None:
         self._follow_ups.discard(future)
-        if not future.cancelled() and future.exception() is not None:
-            follow_up_failed(future.exception())  # type: ignore[arg-type]
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            follow_up_failed(error)
 
     async def stop(self) -> None:
         """Run what is queued, and the follow-ups it leads to, then stop the thread and
