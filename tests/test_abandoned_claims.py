@@ -18,6 +18,8 @@ import pytest
 
 from statestore import LeaseLostError, StateStore, ValidationError, WorkflowExecution, WorkItem
 
+pytestmark = pytest.mark.pgbouncer  # also through PgBouncer (transaction pooling)
+
 # From "before the claim starts" (0) through "while its statement runs" to "during COMMIT"
 # and after: a claim takes roughly 0.2-2 ms here, so these delays land everywhere in it.
 DELAYS = (0.0, 1e-5, 3e-5, 1e-4, 3e-4, 6e-4, 1e-3, 2e-3, 5e-3)
