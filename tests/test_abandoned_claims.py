@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from statestore import LeaseLostError, StateStore, ValidationError, WorkflowExecution, WorkItem
+from statestore import (
+    LeaseLostError,
+    StateStore,
+    Tenant,
+    ValidationError,
+    WorkflowExecution,
+    WorkItem,
+)
 
 pytestmark = pytest.mark.pgbouncer  # also through PgBouncer (transaction pooling)
 
@@ -174,9 +181,13 @@ async def test_close_waits_for_the_give_back(make_store: Any) -> None:
     assert abandoned > 0
 
 
-async def test_only_the_lease_the_claim_gave_is_given_back(store: StateStore) -> None:
+@pytest.mark.parametrize("view", ["unscoped", "tenant"])
+async def test_only_the_lease_the_claim_gave_is_given_back(store: StateStore, view: str) -> None:
     """The give-back is guarded by worker and fence: an item completed, or claimed again,
-    since is left alone."""
+    since is left alone. On a tenant's view it runs in that tenant's scope."""
+    if view == "tenant":
+        await store.create_tenant(Tenant(id="t", name="t"))
+        store = store.for_tenant("t")
     eid = await execution(store)
     for _ in range(3):
         await store.enqueue_work_item(new_item(eid))
