@@ -587,14 +587,17 @@ DOOMED_LOCK = 4242
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("caller", ["waits", "cancelled"])
+@pytest.mark.parametrize("waiter_in", ["this store", "another store"])
 async def test_a_failed_claim_wakes_the_waiter_that_skipped_its_rows(
-    store: StateStore, pg_url: str, caller: str
+    make_store: Any, pg_url: str, caller: str, waiter_in: str
 ) -> None:
     """A claim locks an item (PostgreSQL row lock), a waiting claim skips it (``SKIP
     LOCKED``) and goes to wait; the first claim then fails and rolls back. The waiter is
     woken and claims the item, not at its deadline (600 s). The failing claim's caller
-    either waits for the error or was cancelled before it came. PostgreSQL only: SQLite's
-    one writer runs claims one after another, so no claim ever skips another's rows.
+    either waits for the error or was cancelled before it came. The waiter is in the same
+    store, or in another one (as in another process: its own listener, woken only by a
+    ``NOTIFY``). PostgreSQL only: SQLite's one writer runs claims one after another, so
+    no claim ever skips another's rows.
 
     A trigger makes the claim deterministic: it blocks the claim's UPDATE, with the row
     locked, on an advisory lock the test holds, then raises once the test lets go."""
@@ -612,9 +615,11 @@ async def test_a_failed_claim_wakes_the_waiter_that_skipped_its_rows(
             "FOR EACH ROW EXECUTE FUNCTION statestore_test_doomed()"
         )
         await admin.execute(f"SELECT pg_advisory_lock({DOOMED_LOCK})")
-        waker = store._backend.waker
+        store: StateStore = await make_store()
+        waiting_store = store if waiter_in == "this store" else await make_store()
+        waker = waiting_store._backend.waker
         # The listener up first: its (re)connection signal must not be what wakes the waiter.
-        assert await store.claim_work_item("warm", ["warm-up"], wait=0.01) is None
+        assert await waiting_store.claim_work_item("warm", ["warm-up"], wait=0.01) is None
         for _ in range(1000):
             if waker.reliable:
                 break
@@ -632,7 +637,7 @@ async def test_a_failed_claim_wakes_the_waiter_that_skipped_its_rows(
             if await admin.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
                 break
             await asyncio.sleep(0.01)
-        waiter = asyncio.create_task(store.claim_work_item("waiter", ["q"], wait=600))
+        waiter = asyncio.create_task(waiting_store.claim_work_item("waiter", ["q"], wait=600))
         for _ in range(1000):  # until its claim skipped the row and it waits
             if any(w.wakes_at < math.inf for w in waker._waiters):
                 break

@@ -256,6 +256,13 @@ class QueueRepository(Repository):
         held = [(item.id, item.worker_id or "", item.lease_fence) for item in items]
         return queries.release_items(session, held, self.context.now())
 
+    @single_statement
+    def announce(self, session: Session, queue_types: Sequence[str]) -> None:
+        """Tell the waiting claims of every process that items of ``queue_types`` may be
+        claimable, writing nothing else (PostgreSQL ``NOTIFY``; nothing on SQLite): after a
+        claim that rolled back, whose locked rows concurrent claims skipped."""
+        queries.notify_work(session, self._queue_types(queue_types))
+
     def next_due(self, session: Session, queue_types: Sequence[str]) -> datetime | None:
         """When the earliest pending item of ``queue_types`` that is not due yet comes due."""
         types = self._queue_types(queue_types)
