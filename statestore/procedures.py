@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import uuid
@@ -12,7 +13,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import exc as sa_exc
+
 from statestore.db.backend import Backend
+from statestore.db.errors import sqlstate
 from statestore.db.maintenance import Leadership, sqlite_housekeeping
 from statestore.db.runner import Call
 from statestore.db.tenancy import Scope
@@ -79,11 +83,15 @@ async def claim_waiting(
     """Claim up to ``limit`` items; with none eligible, wait up to ``wait`` for one, woken
     by the database (:mod:`statestore.db.wakeup`) or by the timer of the earliest delayed
     item, and claim again; a waiter that loses the race waits on until its deadline.
-    Cancelling it while it waits claims nothing (each claim is one shielded transaction)."""
+    Cancelling it while it waits claims nothing (each claim is one shielded transaction):
+    a claim that commits after its caller left gives its items back (:func:`_give_back`).
+    A claim that fails passes a wake-up on: on PostgreSQL it may have locked items that
+    concurrent claims skipped (``SKIP LOCKED``) before going to wait for them."""
     seconds = wait_seconds(wait)
     claim = Call(queue.claim, (worker_id, queue_types, limit))
+    give_back = functools.partial(_give_back, backend, queue, queue_types)
     if seconds <= 0:
-        return await backend.write(claim, scope)
+        return await _claim(backend, scope, claim, give_back)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     waker = backend.waker
@@ -93,7 +101,7 @@ async def claim_waiting(
         try:
             while True:
                 woken.clear()  # before the claim: a commit after it wakes the wait below
-                items = await backend.write(claim, scope)
+                items = await _claim(backend, scope, claim, give_back)
                 if waited and len(items) == limit:
                     woken.set()  # there may be more: leaving with it set wakes the next waiter
                 remaining = deadline - loop.time()
@@ -115,6 +123,70 @@ async def claim_waiting(
             # woken for: pass the wake-up on, or the item waits for the others' deadlines.
             woken.set()
             raise
+
+
+async def _claim(
+    backend: Backend,
+    scope: Scope,
+    claim: Call[list[WorkItem]],
+    give_back: functools.partial[Call[Any] | None],
+) -> list[WorkItem]:
+    """One claim transaction; if it fails, the wake-up is passed on (:func:`_claim_failed`)
+    before the error is raised."""
+    try:
+        return await backend.write(claim, scope, if_abandoned=give_back)
+    except StateStoreError as exc:
+        announce = give_back(None, exc)
+        if announce is not None:
+            with contextlib.suppress(StateStoreError):
+                await backend.write(announce, scope)
+        raise
+
+
+def _give_back(
+    backend: Backend,
+    queue: QueueRepository,
+    queue_types: Sequence[str],
+    items: list[WorkItem] | None,
+    error: BaseException | None,
+) -> Call[Any] | None:
+    """What follows a claim whose caller stopped waiting (cancelled, a timeout) while it
+    ran. If it committed with items, nobody received them: they go back to the queue at
+    once (:meth:`QueueRepository.release_abandoned`), instead of staying leased to nobody
+    until the lease expires, with an attempt counted towards dead-lettering. If it failed,
+    the wake-up is passed on (:func:`_claim_failed`), as for a caller still there."""
+    if error is not None:
+        return _claim_failed(backend, queue, queue_types, error)
+    if not items:
+        return None
+    return Call(queue.release_abandoned, (items,))
+
+
+def _claim_failed(
+    backend: Backend, queue: QueueRepository, queue_types: Sequence[str], error: BaseException
+) -> Call[None] | None:
+    """A claim's transaction failed (and rolled back, releasing whatever rows it locked).
+    On PostgreSQL concurrent claims skip rows another claim has locked (``SKIP LOCKED``)
+    and go to wait, and a rollback sends no ``NOTIFY``: without a wake-up they would sleep
+    to their deadline. So a waiter of each group claiming these queue types in this process
+    is woken at once, and, when the server reported the failure (its connection is sound
+    and the rollback done), the returned write announces the queue types to the waiters
+    of every process (:meth:`QueueRepository.announce`). After a lost connection nothing
+    is announced: the server may not be reachable, nor have rolled back yet; other
+    processes' waiters then find the items at their next wake-up or deadline. A
+    ``ValidationError`` is refused before any SQL ran: nothing was locked."""
+    if isinstance(error, ValidationError):
+        return None
+    backend.waker.pass_on(queue_types)
+    if backend.config.dialect != "postgresql" or not _server_reported(error):
+        return None
+    return Call(queue.announce, (queue_types,))
+
+
+def _server_reported(error: BaseException) -> bool:
+    """Whether the server reported ``error`` (a SQLSTATE): its connection answered."""
+    cause = error.__cause__
+    return isinstance(cause, sa_exc.DBAPIError) and sqlstate(cause) is not None
 
 
 async def reclaim_expired_leases(

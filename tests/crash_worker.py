@@ -1,7 +1,11 @@
 """A child process for the kill -9 tests: a mixed write workload on one store, printing one
 JSON line per acknowledged write as soon as its await returns.
 
-    python crash_worker.py URL EXECUTION_ID TASKS TAG
+    python crash_worker.py URL EXECUTION_ID TASKS TAG [HOLD_QUEUE LEASE_SECONDS]
+
+With ``HOLD_QUEUE`` the worker first claims one item of that queue type (leased for
+``LEASE_SECONDS``), reports it (``op="hold"``) and never settles it: the item a killed
+worker leaves leased.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import asyncio
 import json
 import sys
 import uuid
+from datetime import timedelta
 
 from statestore import CustomEvent, Event, StateStore, WorkItem
 
@@ -18,9 +23,14 @@ def ack(**fields: object) -> None:
     print(json.dumps(fields), flush=True)
 
 
-async def main(url: str, execution_id: str, tasks: int, tag: str) -> None:
-    store = await StateStore.connect(url)
+async def main(url: str, execution_id: str, tasks: int, tag: str, hold: list[str]) -> None:
+    lease = timedelta(seconds=float(hold[1])) if hold else timedelta(seconds=30)
+    store = await StateStore.connect(url, lease_duration=lease)
     eid = uuid.UUID(execution_id)
+    if hold:
+        held = await store.claim_work_item("holder", [hold[0]])
+        assert held is not None, "nothing to hold"
+        ack(op="hold", id=str(held.id), lease_fence=held.lease_fence)
 
     async def worker(task: int) -> None:
         n = 0
@@ -51,4 +61,4 @@ async def main(url: str, execution_id: str, tasks: int, tag: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:7]))

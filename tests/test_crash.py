@@ -25,8 +25,10 @@ ROUNDS = int(os.environ.get("STATESTORE_CRASH_ROUNDS", "3"))
 
 
 async def run_and_kill(
-    url: str, execution_id: str, acks_wanted: int, tag: str
+    url: str, execution_id: str, acks_wanted: int, tag: str, *options: str
 ) -> list[dict[str, Any]]:
+    """Run ``crash_worker.py`` (``options``: its optional arguments) until it acknowledged
+    ``acks_wanted`` writes, then kill -9 it; the acknowledgements."""
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         str(WORKER),
@@ -34,6 +36,7 @@ async def run_and_kill(
         execution_id,
         "6",
         tag,
+        *options,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

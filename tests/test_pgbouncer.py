@@ -16,12 +16,14 @@ import signal
 import subprocess
 import sys
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 from conftest import PG_ADMIN_URL, PGBOUNCER, Clock
+from test_crash import run_and_kill, verify
 
 from statestore import (
     ConfigurationError,
@@ -33,6 +35,7 @@ from statestore import (
 from statestore.db.engine import parse_database_url
 from statestore.db.maintenance import MAINTENANCE_LOCK_KEY
 from statestore.db.wakeup import asyncpg_dsn
+from statestore.models import utc_now
 
 through_pgbouncer = pytest.mark.parametrize("backend", [PGBOUNCER], indirect=True)
 
@@ -313,3 +316,69 @@ async def test_cli_maintain_takes_the_direct_url(database_url: str, pg_url: str)
     out, err = await asyncio.wait_for(process.communicate(), 20)
     assert process.returncode == 0, err.decode()
     assert b"maintenance stopped" in out
+
+
+CHILD_LEASE_S = 60
+"""The killed worker's lease: longer than the test runs, so that the held item is leased
+until a clock moved past it says otherwise."""
+
+
+@through_pgbouncer
+async def test_kill_9_through_pgbouncer_loses_no_acknowledged_write(
+    make_store: Any, database_url: str, pg_url: str
+) -> None:
+    """A child appending events, enqueueing, claiming and completing items through the
+    pooler is killed with SIGKILL mid-stream, while it holds one item leased: every write
+    it acknowledged is there, read through the pooler and directly; the pooler serves a
+    new store; the held item stays leased (never claimed twice) until its lease expires,
+    and is then reclaimed and claimed again."""
+    store: StateStore = await make_store()
+    run = WorkflowExecution(workflow_id="wf", workflow_version="1")
+    await store.create_execution(run)
+    eid = str(run.execution_id)
+    held = WorkItem(execution_id=run.execution_id, node_id="held", queue_type="held")
+    await store.enqueue_work_item(held)
+    acks = await run_and_kill(database_url, eid, 300, "bounced", "held", str(CHILD_LEASE_S))
+    assert [a for a in acks if a["op"] == "hold"] == [
+        {"op": "hold", "id": str(held.id), "lease_fence": 1}
+    ]
+    assert {a["op"] for a in acks} >= {"append", "enqueue", "claim", "complete"}
+
+    for url in (database_url, pg_url):  # through the pooler, and directly
+        reopened = await StateStore.connect(url)
+        try:
+            await verify(reopened, eid, acks)
+        finally:
+            await reopened.close()
+
+    # The pooler serves a new store: writes, a claim and a completion, read back.
+    fresh = await make_store()
+    sequence = await fresh.append_event(Event(execution_id=run.execution_id, kind=note("after")))
+    assert [e.sequence for e in await fresh.get_events(eid)][-1] == sequence
+    await fresh.enqueue_work_item(
+        WorkItem(execution_id=run.execution_id, node_id="n", queue_type="after")
+    )
+    after = await fresh.claim_work_item("after", ["after"])
+    assert after is not None
+    await fresh.complete_work_item(after.id, worker_id="after", lease_fence=after.lease_fence)
+
+    # The killed worker's item is still leased to it: nobody else gets it, and reclaim
+    # leaves it alone while its lease runs.
+    leased = await fresh.get_work_item(held.id)
+    assert leased is not None and (leased.status, leased.worker_id) == ("claimed", "holder")
+    assert await fresh.claim_work_item("other", ["held"]) is None
+    assert (await fresh.reclaim_expired_leases()).retryable == []
+    # Once its lease has expired (a clock moved past it), reclaim gives it back, and the
+    # next worker claims it under a greater fence.
+    later = Clock(utc_now() + timedelta(seconds=CHILD_LEASE_S + 1))
+    reclaimer = await make_store(clock=later)
+    reclaimed = await reclaimer.reclaim_expired_leases()
+    # (With the items the worker was killed between claiming and completing.)
+    ids = {str(item.id) for item in reclaimed.retryable}
+    completed = {a["id"] for a in acks if a["op"] == "complete"}
+    assert str(held.id) in ids and not ids & completed
+    later.advance(minutes=2)  # past the retry backoff
+    again = await reclaimer.claim_work_item("rescuer", ["held"])
+    assert again is not None and again.id == held.id
+    assert (again.attempt, again.lease_fence) == (2, 2)
+    await reclaimer.complete_work_item(held.id, worker_id="rescuer", lease_fence=again.lease_fence)

@@ -255,10 +255,10 @@ def count_claims(store: StateStore) -> list[int]:
     counted = [0]
     write = backend.write
 
-    async def counting(op: Any, scope: Any) -> Any:
+    async def counting(op: Any, scope: Any, **options: Any) -> Any:
         if getattr(op, "method", None) == store.queue.claim:
             counted[0] += 1
-        return await write(op, scope)
+        return await write(op, scope, **options)
 
     backend.write = counting  # type: ignore[method-assign]
     return counted
@@ -320,7 +320,7 @@ def fail_next_claim(store: StateStore, how: str) -> list[bool]:
     fired = [False]
     write = backend.write
 
-    async def failing(op: Any, scope: Any) -> Any:
+    async def failing(op: Any, scope: Any, **options: Any) -> Any:
         if getattr(op, "method", None) == store.queue.claim and not fired[0]:
             fired[0] = True
             if how == "cancel":
@@ -329,7 +329,7 @@ def fail_next_claim(store: StateStore, how: str) -> list[bool]:
                 task.cancel()
                 await asyncio.sleep(0)
             raise StateStoreError("the claim's connection failed")
-        return await write(op, scope)
+        return await write(op, scope, **options)
 
     backend.write = failing  # type: ignore[method-assign]
     return fired
@@ -579,3 +579,82 @@ async def test_claims_cancelled_at_any_point_lose_no_wake_up(store: StateStore) 
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+
+
+DOOMED_LOCK = 4242
+"""The advisory lock a doomed claim's trigger waits for while it holds its rows."""
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("caller", ["waits", "cancelled"])
+@pytest.mark.parametrize("waiter_in", ["this store", "another store"])
+async def test_a_failed_claim_wakes_the_waiter_that_skipped_its_rows(
+    make_store: Any, pg_url: str, caller: str, waiter_in: str
+) -> None:
+    """A claim locks an item (PostgreSQL row lock), a waiting claim skips it (``SKIP
+    LOCKED``) and goes to wait; the first claim then fails and rolls back. The waiter is
+    woken and claims the item, not at its deadline (600 s). The failing claim's caller
+    either waits for the error or was cancelled before it came. The waiter is in the same
+    store, or in another one (as in another process: its own listener, woken only by a
+    ``NOTIFY``). PostgreSQL only: SQLite's one writer runs claims one after another, so
+    no claim ever skips another's rows.
+
+    A trigger makes the claim deterministic: it blocks the claim's UPDATE, with the row
+    locked, on an advisory lock the test holds, then raises once the test lets go."""
+    admin = await asyncpg.connect(pg_url)
+    waiter: asyncio.Task[Any] | None = None
+    try:
+        await admin.execute(
+            "CREATE FUNCTION statestore_test_doomed() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN IF NEW.worker_id = 'doomed' THEN "
+            f"PERFORM pg_advisory_xact_lock({DOOMED_LOCK}); RAISE EXCEPTION 'doomed claim'; "
+            "END IF; RETURN NEW; END $$"
+        )
+        await admin.execute(
+            "CREATE TRIGGER statestore_test_doomed BEFORE UPDATE ON work_items "
+            "FOR EACH ROW EXECUTE FUNCTION statestore_test_doomed()"
+        )
+        await admin.execute(f"SELECT pg_advisory_lock({DOOMED_LOCK})")
+        store: StateStore = await make_store()
+        waiting_store = store if waiter_in == "this store" else await make_store()
+        waker = waiting_store._backend.waker
+        # The listener up first: its (re)connection signal must not be what wakes the waiter.
+        assert await waiting_store.claim_work_item("warm", ["warm-up"], wait=0.01) is None
+        for _ in range(1000):
+            if waker.reliable:
+                break
+            await asyncio.sleep(0.01)
+        assert waker.reliable
+        eid = await execution(store)
+        signals = waker.wakeups
+        await store.enqueue_work_item(item(eid))
+        for _ in range(1000):  # its notification is in: it cannot wake the waiter either
+            if waker.wakeups > signals:
+                break
+            await asyncio.sleep(0.01)
+        doomed = asyncio.create_task(store.claim_work_item("doomed", ["q"]))
+        for _ in range(1000):  # until it holds the row and waits in its trigger
+            if await admin.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+                break
+            await asyncio.sleep(0.01)
+        waiter = asyncio.create_task(waiting_store.claim_work_item("waiter", ["q"], wait=600))
+        for _ in range(1000):  # until its claim skipped the row and it waits
+            if any(w.wakes_at < math.inf for w in waker._waiters):
+                break
+            await asyncio.sleep(0.01)
+        assert not waiter.done()
+        if caller == "cancelled":
+            doomed.cancel()
+        await admin.execute(f"SELECT pg_advisory_unlock({DOOMED_LOCK})")
+        failure = asyncio.CancelledError if caller == "cancelled" else StateStoreError
+        with pytest.raises(failure):
+            await doomed
+        found = await asyncio.wait_for(waiter, 20)  # not 600 s
+        assert found is not None and found.worker_id == "waiter" and found.attempt == 1
+    finally:
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+            await asyncio.gather(waiter, return_exceptions=True)
+        await admin.execute("DROP TRIGGER IF EXISTS statestore_test_doomed ON work_items")
+        await admin.execute("DROP FUNCTION IF EXISTS statestore_test_doomed()")
+        await admin.close()

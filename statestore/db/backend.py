@@ -4,6 +4,7 @@ call of a store and its tenant-scoped views reaches the runner."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,7 +20,7 @@ from statestore.db.engine import (
     ensure_sqlite_folder,
 )
 from statestore.db.postgres_runner import PostgresRunner
-from statestore.db.runner import Operation, Runner
+from statestore.db.runner import IfAbandoned, Operation, Runner
 from statestore.db.sqlite_readers import ReaderPool
 from statestore.db.sqlite_runner import SqliteRunner
 from statestore.db.sqlite_writer import GroupCommitWriter
@@ -45,18 +46,24 @@ class Backend:
         if isinstance(runner, SqliteRunner):
             runner.writer.after_commit = self.waker.committed
 
-    async def write(self, op: Operation[T], scope: Scope) -> T:
-        """One write transaction (see :meth:`Runner.write`), traced when OpenTelemetry is
-        installed and a provider configured (:mod:`statestore.telemetry`); then the store's
-        feed followers are woken (:meth:`Waker.wrote`: the write may have appended events)."""
+    async def write(
+        self, op: Operation[T], scope: Scope, *, if_abandoned: IfAbandoned | None = None
+    ) -> T:
+        """One write transaction (see :meth:`Runner.write`, also for ``if_abandoned``),
+        traced when OpenTelemetry is installed and a provider configured
+        (:mod:`statestore.telemetry`); then the store's feed followers are woken
+        (:meth:`Waker.wrote`: the write may have appended events)."""
         if not self._schema_checked or self.closed:
             await self._ready()
         if telemetry.ENABLED and telemetry.observed():
+            write = self.runner.write
+            if if_abandoned is not None:
+                write = functools.partial(write, if_abandoned=if_abandoned)
             result = await telemetry.traced(
-                self.runner.write, op, scope, db_system=self.config.dialect, write=True
+                write, op, scope, db_system=self.config.dialect, write=True
             )
         else:
-            result = await self.runner.write(op, scope)
+            result = await self.runner.write(op, scope, if_abandoned=if_abandoned)
         self.waker.wrote()
         return result
 

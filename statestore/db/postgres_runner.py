@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Pool, QueuePool
@@ -15,9 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from statestore.db.errors import sqlstate, translate
 from statestore.db.runner import (
+    IfAbandoned,
     Operation,
     Runner,
     bind_loop,
+    follow_up,
+    follow_up_failed,
     is_single_statement,
     new_session,
     run_in_session,
@@ -85,8 +88,11 @@ class PostgresRunner(Runner):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
-    async def write(self, op: Operation[T], scope: Scope) -> T:
-        return await self._shielded(op, scope, autocommit=is_single_statement(op))
+    async def write(
+        self, op: Operation[T], scope: Scope, *, if_abandoned: IfAbandoned | None = None
+    ) -> T:
+        autocommit = is_single_statement(op)
+        return await self._shielded(op, scope, autocommit=autocommit, if_abandoned=if_abandoned)
 
     async def read(self, op: Operation[T], scope: Scope) -> T:
         try:
@@ -96,15 +102,48 @@ class PostgresRunner(Runner):
                 raise
         return await self._shielded(op, scope, autocommit=True)  # on a new connection
 
-    async def _shielded(self, op: Operation[T], scope: Scope, *, autocommit: bool) -> T:
+    async def _shielded(
+        self,
+        op: Operation[T],
+        scope: Scope,
+        *,
+        autocommit: bool,
+        if_abandoned: IfAbandoned | None = None,
+    ) -> T:
         if self._closed:
             raise DatabaseError("the store is closed")
         self._loop = bind_loop(self._loop)
-        task = asyncio.ensure_future(self._on_connection(op, scope, autocommit))
+        task = self._track(self._on_connection(op, scope, autocommit))
+        # shield: cancelling the caller must not interrupt the task on its connection.
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if if_abandoned is not None:
+                # Tracked from now on, so that close() waits for it too.
+                self._track(self._follow_up(task, if_abandoned, scope))
+            raise
+
+    def _track(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.ensure_future(work)
         self._running.add(task)
         task.add_done_callback(_forget(self._running))
-        # shield: cancelling the caller must not interrupt the task on its connection.
-        return await asyncio.shield(task)
+        return task
+
+    async def _follow_up(
+        self, call: asyncio.Task[Any], if_abandoned: IfAbandoned, scope: Scope
+    ) -> None:
+        """After ``call``, whose caller stopped waiting, ends: its follow-up write."""
+        await asyncio.wait([call])
+        if call.cancelled():  # the store closed before it ended: its outcome is unknown
+            return
+        error = call.exception()
+        op = follow_up(if_abandoned, None if error else call.result(), error)
+        if op is None:
+            return
+        try:
+            await self._on_connection(op, scope, is_single_statement(op))
+        except Exception as exc:
+            follow_up_failed(exc)
 
     async def _on_connection(self, op: Operation[T], scope: Scope, autocommit: bool) -> T:
         try:
@@ -212,8 +251,11 @@ class PostgresRunner(Runner):
         cancel them), and return the kept connections to the pool (the store then disposes
         the engine)."""
         self._closed = True
-        if self._running:
-            _done, late = await asyncio.wait(set(self._running), timeout=self.close_timeout)
+        # A loop: a caller abandoning its call meanwhile adds the call's follow-up write.
+        deadline = time.monotonic() + self.close_timeout
+        while self._running:
+            timeout = max(0.0, deadline - time.monotonic())
+            _done, late = await asyncio.wait(set(self._running), timeout=timeout)
             for task in late:
                 task.cancel()
             if late:

@@ -969,6 +969,51 @@ def complete_items(
     return done
 
 
+def _release(count: int) -> Executable:
+    """Give back items a claim leased but nobody received: each item ``:p_id<i>`` still
+    held by exactly that lease (``:p_worker<i>``, ``:p_fence<i>``) is pending again, its
+    lease released and the attempt that claim counted undone; ``available_at`` is kept (it
+    was due). Each item given back is announced (``pg_notify`` in the ``RETURNING``, atomic
+    with the update, as an enqueue's)."""
+    ids = [bindparam(f"p_id{i}", type_=WorkItemRow.id.type) for i in range(count)]
+    held = [
+        and_(WorkItemRow.id == item_id, lease_held(*_lease_binds(i, True, True)))
+        for i, item_id in enumerate(ids)
+    ]
+    return (
+        update(WorkItemRow)
+        .where(WorkItemRow.id.in_(ids), or_(*held))
+        .values(
+            status=PENDING,
+            worker_id=None,
+            lease_expires_at=None,
+            attempt=WorkItemRow.attempt - 1,
+            updated_at=bindparam("p_now", type_=UTCDateTime()),
+        )
+        .returning(WorkItemRow.id, _NotifyWork(WorkItemRow.queue_type))
+    )
+
+
+def release_items(
+    session: Session, held: Sequence[tuple[uuid.UUID, str, int]], now: datetime
+) -> set[uuid.UUID]:
+    """Give back the items among ``held`` (id, worker_id, lease_fence) still held exactly
+    that way (:func:`_release`), :data:`COMPLETE_CHUNK` per statement (padded as
+    :func:`complete_items` pads); returns the ids given back."""
+    released: set[uuid.UUID] = set()
+    for start in range(0, len(held), COMPLETE_CHUNK):
+        chunk = list(held[start : start + COMPLETE_CHUNK])
+        size = 1 << (len(chunk) - 1).bit_length()
+        chunk += [chunk[0]] * (size - len(chunk))
+        params: dict[str, Any] = {"p_now": now}
+        for i, (item_id, worker_id, fence) in enumerate(chunk):
+            params[f"p_id{i}"] = item_id
+            params[f"p_worker{i}"] = worker_id
+            params[f"p_fence{i}"] = fence
+        released.update(row.id for row in _in_scope(session, _release, params, size))
+    return released
+
+
 # ---------------------------------------------------------------- tokens
 
 

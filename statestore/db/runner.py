@@ -21,6 +21,7 @@ connections are bound to that loop); a call from another loop raises
 from __future__ import annotations
 
 import asyncio
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,12 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 Operation = Callable[[Session], T]
 """A unit of repository work: runs inside one transaction, on one session."""
+IfAbandoned = Callable[[Any, BaseException | None], Operation[Any] | None]
+"""``if_abandoned(result, error)`` of :meth:`Runner.write`: called once a write whose
+caller stopped waiting (was cancelled) has ended, with its result (``error`` is ``None``:
+it committed) or its error; returns a follow-up write to run, or ``None``."""
+
+_log = logging.getLogger("statestore")
 
 _SINGLE_STATEMENT = "statestore_single_statement"
 
@@ -71,8 +78,16 @@ class Runner(ABC):
     """Where operations run. One per store; scoped views share it."""
 
     @abstractmethod
-    async def write(self, op: Operation[T], scope: Scope) -> T:
-        """Run ``op`` in a write transaction and commit it (see :func:`single_statement`)."""
+    async def write(
+        self, op: Operation[T], scope: Scope, *, if_abandoned: IfAbandoned | None = None
+    ) -> T:
+        """Run ``op`` in a write transaction and commit it (see :func:`single_statement`).
+
+        ``if_abandoned``: if the caller stops waiting (is cancelled) while ``op`` runs, ``op``
+        still runs to its end; then ``if_abandoned(result, error)`` is called on the event
+        loop and the write it returns, if any, runs in the same scope as a transaction of
+        its own, before :meth:`close` returns (a failure of either is logged, never raised:
+        :func:`follow_up`)."""
 
     @abstractmethod
     async def read(self, op: Operation[T], scope: Scope) -> T:
@@ -131,6 +146,23 @@ def run_in_session(
             session.close()
         session.info.pop(SCOPE_KEY, None)  # fail closed if it were ever used outside a call
     return result
+
+
+def follow_up(
+    if_abandoned: IfAbandoned, result: Any, error: BaseException | None
+) -> Operation[Any] | None:
+    """The follow-up write of an abandoned call: ``if_abandoned(result, error)``, or
+    ``None`` (nothing to write, or it failed: logged, see :func:`follow_up_failed`)."""
+    try:
+        return if_abandoned(result, error)
+    except Exception as exc:
+        follow_up_failed(exc)
+        return None
+
+
+def follow_up_failed(error: BaseException) -> None:
+    """Nobody waits for a follow-up write: its failure is logged (WARNING), never raised."""
+    _log.warning("the follow-up write of an abandoned call failed", exc_info=error)
 
 
 def bind_loop(bound: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:

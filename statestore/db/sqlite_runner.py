@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from sqlalchemy import Connection
 
-from statestore.db.runner import Operation, Runner, bind_loop
+from statestore.db.runner import IfAbandoned, Operation, Runner, bind_loop, follow_up
 from statestore.db.sqlite_readers import ReaderPool
 from statestore.db.sqlite_writer import GroupCommitWriter
 from statestore.db.tenancy import Scope
@@ -32,9 +32,23 @@ class SqliteRunner(Runner):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
-    async def write(self, op: Operation[T], scope: Scope) -> T:
+    async def write(
+        self, op: Operation[T], scope: Scope, *, if_abandoned: IfAbandoned | None = None
+    ) -> T:
         # Every write shares the writer's group transaction, single statement or not.
-        result: T = await self.writer.run(operation_work(op, scope), self._check())
+        loop = self._check()
+        work = operation_work(op, scope)
+        if if_abandoned is None:
+            result: T = await self.writer.run(work, loop)
+            return result
+        writer = self.writer
+
+        def abandoned(result: object, error: BaseException | None) -> None:
+            op = follow_up(if_abandoned, result, error)
+            if op is not None:
+                writer.follow_up(operation_work(op, scope), loop)
+
+        result = await writer.run(work, loop, abandoned=abandoned)
         return result
 
     async def read(self, op: Operation[T], scope: Scope) -> T:

@@ -4,6 +4,7 @@ that moment in one transaction (group commit). Repositories do not know about it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from statestore.db.runner import translated
+from statestore.db.runner import follow_up_failed, translated
 from statestore.db.thread_jobs import Job, Outcome, ThreadState, Work, deliver
 
 
@@ -33,11 +34,19 @@ class GroupCommitWriter:
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._follow_ups: set[asyncio.Future[Any]] = set()
 
     async def run(
-        self, work: Work, loop: asyncio.AbstractEventLoop, *, exclusive: bool = False
+        self,
+        work: Work,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        exclusive: bool = False,
+        abandoned: Callable[[Any, BaseException | None], None] | None = None,
     ) -> Any:
-        """Queue ``work`` (``exclusive``: alone, outside any group) and await its outcome."""
+        """Queue ``work`` (``exclusive``: alone, outside any group) and await its outcome.
+        ``abandoned``: called on the loop with the outcome (result, error) if the caller
+        stops waiting before it arrives (it may queue a follow-up: :meth:`follow_up`)."""
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
@@ -46,14 +55,44 @@ class GroupCommitWriter:
                     )
                     self._thread.start()
         future: asyncio.Future[Any] = loop.create_future()
-        self._jobs.put(Job(work, loop, future, exclusive))
-        return await future
+        self._jobs.put(Job(work, loop, future, exclusive, abandoned))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Cancelled just as the outcome arrived: delivered to a future nobody takes it
+            # from any more (a future cancelled before is handled where it is delivered).
+            if abandoned is not None and future.done() and not future.cancelled():
+                error = future.exception()
+                abandoned(None if error else future.result(), error)
+            raise
+
+    def follow_up(self, work: Work, loop: asyncio.AbstractEventLoop) -> None:
+        """Queue ``work`` that nobody waits for (the follow-up of an abandoned write, queued
+        on the loop): :meth:`stop` runs it, and its failure is logged."""
+        future: asyncio.Future[Any] = loop.create_future()
+        self._follow_ups.add(future)
+        future.add_done_callback(self._followed_up)
+        self._jobs.put(Job(work, loop, future))
+
+    def _followed_up(self, future: asyncio.Future[Any]) -> None:
+        self._follow_ups.discard(future)
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            follow_up_failed(error)
 
     async def stop(self) -> None:
-        """Run what is queued, then stop the thread and close its connection."""
+        """Run what is queued, and the follow-ups it leads to, then stop the thread and
+        close its connection."""
         if self._thread is not None:
+            # Outcomes reach the loop in the order the jobs ran, one hop each: once this
+            # no-op's has, every job queued before it was delivered, and the follow-up of
+            # an abandoned one was queued as it was, ahead of the stop marker.
+            with contextlib.suppress(Exception):
+                await self.run(_nothing, asyncio.get_running_loop(), exclusive=True)
             self._jobs.put(None)
             await asyncio.to_thread(self._thread.join)
+            if self._follow_ups:  # run; their outcomes are on the way to the loop
+                await asyncio.wait(set(self._follow_ups))
 
     def _loop(self) -> None:
         state = ThreadState()
@@ -126,6 +165,10 @@ class GroupCommitWriter:
             outcome = (None, translated(exc))
             state.after_failure()
         deliver([job], [outcome])
+
+
+def _nothing(_connection: Connection, _session: object) -> None:
+    return None
 
 
 def _in_savepoint(job: Job, connection: Connection, state: ThreadState) -> Outcome:

@@ -33,6 +33,9 @@ class Job:
     future: asyncio.Future[Any]
     exclusive: bool = False
     """Manages its own transactions (migrations): runs alone, outside any group."""
+    abandoned: Callable[[Any, BaseException | None], None] | None = None
+    """Called on the loop with the outcome (result, error) if the caller stopped waiting
+    (its future was cancelled) before it was delivered."""
 
 
 def operation_work(op: Operation[T], scope: Scope) -> Work:
@@ -82,18 +85,21 @@ class ThreadState:
 
 def deliver(jobs: list[Job], outcomes: list[Outcome]) -> None:
     """Hand each job its outcome: one wake-up per event loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome]]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Outcome]]] = {}
     for job, outcome in zip(jobs, outcomes, strict=True):
-        by_loop.setdefault(job.loop, []).append((job.future, outcome))
+        by_loop.setdefault(job.loop, []).append((job, outcome))
     for loop, resolved in by_loop.items():
         # RuntimeError: the caller's event loop is closed; nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(_resolve_all, resolved)
 
 
-def _resolve_all(resolved: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
-    for future, (result, error) in resolved:
+def _resolve_all(resolved: list[tuple[Job, Outcome]]) -> None:
+    for job, (result, error) in resolved:
+        future = job.future
         if future.done():  # the caller was cancelled; the write may still have committed
+            if job.abandoned is not None:
+                job.abandoned(result, error)
             continue
         if error is not None:
             future.set_exception(error)

@@ -247,6 +247,22 @@ class QueueRepository(Repository):
         rows = queries.claim_items(session, worker_id, types, limit, now, expires)
         return [item_from_row(row) for row in sorted(rows, key=_claim_order)]
 
+    def release_abandoned(self, session: Session, items: Sequence[WorkItem]) -> set[uuid.UUID]:
+        """Give back items a claim leased to a caller that never received them (it stopped
+        waiting, :func:`statestore.procedures.claim_waiting`): each one still held by
+        exactly the lease that claim gave it (worker and fence) is pending again, with the
+        attempt that claim counted undone, and announced to waiting claims; the others
+        (settled or reclaimed meanwhile) are left alone. Returns the ids given back."""
+        held = [(item.id, item.worker_id or "", item.lease_fence) for item in items]
+        return queries.release_items(session, held, self.context.now())
+
+    @single_statement
+    def announce(self, session: Session, queue_types: Sequence[str]) -> None:
+        """Tell the waiting claims of every process that items of ``queue_types`` may be
+        claimable, writing nothing else (PostgreSQL ``NOTIFY``; nothing on SQLite): after a
+        claim that rolled back, whose locked rows concurrent claims skipped."""
+        queries.notify_work(session, self._queue_types(queue_types))
+
     def next_due(self, session: Session, queue_types: Sequence[str]) -> datetime | None:
         """When the earliest pending item of ``queue_types`` that is not due yet comes due."""
         types = self._queue_types(queue_types)
