@@ -6,7 +6,7 @@ import inspect
 import itertools
 import logging
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.types import TypeDecorator
 
 from statestore import Event, StateStore, WorkflowDefinition, WorkflowExecution
 from statestore.db import queries
@@ -31,6 +32,7 @@ from statestore.db.driver import DriverStatement, RawValue
 from statestore.db.schema import TENANT_OWNED_MODELS, EventRow, ExecutionRow
 from statestore.db.sqlite_runner import SqliteRunner
 from statestore.db.types import UTCDateTime, json_type
+from statestore.errors import ValidationError
 from statestore.event_kinds import NodeCompleted
 
 KIND = NodeCompleted(node_id="n", output={}, state_patch={}, duration_ms=1)
@@ -220,6 +222,31 @@ def test_sqlite_timestamps_parse_fast_and_exactly() -> None:
     assert process(None) is None
     with pytest.raises(ValueError):
         process("not a time")
+
+
+def test_sqlite_timestamps_are_written_in_sqlalchemys_form() -> None:
+    """UTCDateTime's own SQLite bind processor writes exactly the text SQLAlchemy's
+    DateTime would (what is stored already, and what its result processor parses), in
+    UTC; a naive datetime is refused as before."""
+    dialect = sqlite.pysqlite.dialect()
+    fast = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    general = TypeDecorator.bind_processor(UTCDateTime().dialect_impl(dialect), dialect)
+    assert fast is not None and general is not None
+    east = timezone(timedelta(hours=5, minutes=30))
+    values = [
+        datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),  # no microseconds: still six digits
+        datetime(1, 1, 1, tzinfo=UTC),  # years below 1000: still four digits
+        datetime(999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 3, 1, 2, 0, tzinfo=east),  # converted to UTC: the day before
+    ]
+    for value in values:
+        assert fast(value) == general(value), value
+    assert fast(datetime(2026, 3, 1, 2, 0, tzinfo=east)) == "2026-02-28 20:30:00.000000"
+    assert fast(None) is None
+    with pytest.raises(ValidationError, match="timezone-aware"):
+        fast(datetime(2026, 1, 2))
 
 
 async def test_sqlalchemy_statement_logging_sees_hot_path_statements(

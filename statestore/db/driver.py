@@ -141,9 +141,7 @@ def _execute_and_decode(
 ) -> list[Any]:
     """Run the statement (on the cursor, or through SQLAlchemy's execution when listeners
     want to see it); its rows as named tuples, decoded by the result processors."""
-    dispatch = connection.dispatch
-    instrumented = dispatch.before_cursor_execute or dispatch.after_cursor_execute
-    if instrumented or connection.dialect.dispatch.handle_error or connection._echo:
+    if _instrumented(connection) or connection._echo:
         # Instrumented (tracing, statement rewriting, tests capturing the SQL) or logged
         # (``echo=True``, or the ``sqlalchemy.engine`` logger at INFO): listeners and the
         # log get SQLAlchemy's own execution, with a real context, for the same SQL.
@@ -165,6 +163,22 @@ def _execute_and_decode(
             values[i] = process(values[i])
         decoded.append(make(values))
     return decoded
+
+
+def _instrumented(connection: Connection) -> bool:
+    """Whether a listener wants to see this connection's statements (or their errors).
+
+    SQLAlchemy sets ``_has_events`` on whatever a listener is added to (a connection or
+    engine, their classes, a dialect) and never clears it; it reads these same flags to
+    decide whether to dispatch an event at all. They are plain attributes, read live, so a
+    listener added after the hot calls is seen at the next statement; only when one is set
+    are the listener collections themselves looked at (each a method call)."""
+    if connection._has_events or connection.engine._has_events:
+        dispatch = connection.dispatch
+        if dispatch.before_cursor_execute or dispatch.after_cursor_execute:
+            return True
+    dialect = connection.dialect
+    return bool(dialect._has_events and dialect.dispatch.handle_error)
 
 
 def _execute_on_cursor(

@@ -214,11 +214,17 @@ def install_sqlite_setup(
         finally:
             cursor.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
+    def do_begin(connection: Any) -> None:
         # On the driver connection: SQLAlchemy's execution path would cost more than the
-        # BEGIN itself, once per transaction.
-        connection.connection.dbapi_connection.execute(begin)
+        # BEGIN itself, once per transaction. The dialect's own hook, not a "begin"
+        # listener: any engine listener makes SQLAlchemy dispatch events at every BEGIN,
+        # COMMIT and SAVEPOINT of the engine, and makes the store's driver path look for
+        # cursor listeners at every statement (see statestore.db.driver), all for nothing.
+        # ``connection`` is the pool's proxy; its driver connection runs the statement.
+        connection.dbapi_connection.execute(begin)
+
+    # The engine's own dialect instance (like _use_driver_savepoints): no other engine's.
+    engine.dialect.do_begin = do_begin  # type: ignore[method-assign,assignment]
 
 
 LOGGING_OPTIONS = ("echo", "echo_pool", "hide_parameters", "logging_name", "pool_logging_name")

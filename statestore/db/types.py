@@ -39,6 +39,23 @@ class UTCDateTime(TypeDecorator[datetime]):
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
 
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        """On SQLite, write SQLAlchemy's stored form (``2026-01-02 03:04:05.000006``: fixed
+        width, so text order is time order) with ``datetime.isoformat`` (C; the general way
+        is two Python calls and a ``%`` format of seven fields, a tenth of a claim's
+        Python). Same check, same text (tests/test_driver.py compares them)."""
+        general = super().bind_processor(dialect)
+        if dialect.name != "sqlite":
+            return general
+
+        def process(value: Any) -> str | None:
+            if value is None:
+                return None
+            utc = check_datetime("timestamp", value)
+            return utc.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+        return process
+
     def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any] | None:
         """On SQLite, parse the stored text with ``datetime.fromisoformat`` (C, ~20x faster
         than SQLAlchemy's regular expression; the hot paths read several timestamps per
