@@ -64,6 +64,7 @@ SHAPES: dict[str, list[tuple[Any, ...]]] = {
         (4, True, True, False),
         (4, True, True, True),
     ],
+    "_release": [(1,), (4,)],
     "_token": [()],
     "_turn_lock": [()],
     "_advance": [(False,), (True,)],
