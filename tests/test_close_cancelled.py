@@ -67,3 +67,32 @@ async def test_a_cancelled_close_still_closes_the_store(database_url: str) -> No
         assert await _released(store, database_url, before), f"left open (cut {cut})"
         with pytest.raises(Exception, match="closed"):
             await store.claim_work_item("w", ["q"])
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_close_returns_after_the_sqlite_writer_thread_died(
+    database_url: str, backend: str
+) -> None:
+    """The SQLite writer's thread ended by an unexpected error (here its after-commit hook
+    raising): ``close()`` still returns, instead of waiting for a no-op job that thread
+    will never run."""
+    if backend != "sqlite":
+        pytest.skip("the writer thread is SQLite's")
+    store = await StateStore.connect(database_url)
+    await store.create_execution(WorkflowExecution(workflow_id="wf", workflow_version="1"))
+    writer = store._backend.runner.writer  # type: ignore[attr-defined]
+    thread = writer._thread
+
+    def boom() -> None:
+        raise RuntimeError("the writer thread dies")
+
+    writer.after_commit = boom
+    write = asyncio.create_task(
+        store.create_execution(WorkflowExecution(workflow_id="wf", workflow_version="1"))
+    )
+    await asyncio.to_thread(thread.join, GONE)
+    assert not thread.is_alive()
+    write.cancel()  # its outcome will never come
+    with contextlib.suppress(asyncio.CancelledError):
+        await write
+    await asyncio.wait_for(store.close(), GONE)
