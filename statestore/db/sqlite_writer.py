@@ -105,7 +105,8 @@ class GroupCommitWriter:
             for future in list(self._follow_ups):
                 if not future.done():
                     follow_up_failed(DatabaseError("the writer stopped before it ran"))
-                    future.cancel()
+                    with contextlib.suppress(RuntimeError):  # its event loop is closed
+                        future.cancel()
 
     def _loop(self) -> None:
         state = ThreadState()
