@@ -126,6 +126,8 @@ class Backend:
         if self._closing is None:
             self.closed = True
             self._closing = asyncio.ensure_future(self._close())
+        elif self._closing.done():  # closed (also when called from another event loop)
+            return
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
