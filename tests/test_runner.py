@@ -6,13 +6,16 @@ import asyncio
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 from sqlalchemy import create_engine, select, text
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
 from statestore import (
+    ConflictError,
     DatabaseError,
     StateStore,
     StateStoreError,
@@ -23,7 +26,7 @@ from statestore import (
 )
 from statestore.db.postgres_runner import MAX_SWITCHES, PostgresRunner
 from statestore.db.schema import ExecutionRow
-from statestore.db.tenancy import TenantSession
+from statestore.db.tenancy import TenantSession, session_scope
 
 
 def _pragma(name: str):  # type: ignore[no-untyped-def]
@@ -275,3 +278,53 @@ async def test_postgres_pool_pre_ping_keeps_nothing_and_survives_dead_connection
             await admin.close()
         await store.create_tenant(Tenant(id="after", name="t"))
         assert {t.id for t in await store.list_tenants()} >= {"before", "after"}
+
+
+async def test_every_call_starts_on_a_clean_session_in_its_own_scope(store: StateStore) -> None:
+    """Sessions are reused between calls (the PostgreSQL runner keeps those of finished
+    calls, a SQLite thread its own): a call that failed mid-flush, left a savepoint open or
+    was cancelled, on another tenant's view, hands the next call nothing: no ORM object,
+    no transaction, no scope but the next call's own."""
+    for tenant in ("a", "b"):
+        await store.create_tenant(Tenant(id=tenant, name=tenant))
+    a, b = store.for_tenant("a"), store.for_tenant("b")
+    run = WorkflowExecution(workflow_id="wf", workflow_version="1")
+    await a.create_execution(run)
+
+    def state(session: Session) -> tuple[Any, ...]:
+        scope = session_scope(session).tenant_id
+        return (len(session.identity_map), len(session.new), session.in_transaction(), scope)
+
+    def duplicate(session: Session) -> None:
+        row = session.get(ExecutionRow, run.execution_id)
+        assert row is not None
+        columns = sa_inspect(ExecutionRow).column_attrs
+        session.expunge(row)  # a second object for its primary key, flushed as an INSERT
+        session.add(ExecutionRow(**{c.key: getattr(row, c.key) for c in columns}))
+        session.flush()  # refused: the row exists
+
+    def nested(session: Session) -> None:
+        session.begin_nested()
+        session.get(ExecutionRow, run.execution_id)
+
+    def slow(session: Session) -> None:
+        session.get(ExecutionRow, run.execution_id)
+        if isinstance(store._backend.runner, PostgresRunner):
+            session.execute(text("SELECT pg_sleep(0.2)"))
+        else:
+            time.sleep(0.2)
+
+    for view, expected in ((a, "a"), (b, "b"), (store, None)):
+        with pytest.raises(ConflictError):
+            await a.run(duplicate)
+        assert await view.run(state) == (0, 0, False, expected)
+        await a.run(nested)
+        assert await view.run(state) == (0, 0, False, expected)
+        call = asyncio.create_task(a.run(slow))
+        await asyncio.sleep(0.05)  # inside it (a hang guard only if not: it ends anyway)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        for _ in range(3):
+            assert await view.run(state) == (0, 0, False, expected)
+            assert await view.run(state, write=False) == (0, 0, False, expected)

@@ -4,6 +4,7 @@ call of a store and its tenant-scoped views reaches the runner."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -40,6 +41,7 @@ class Backend:
         self.engine = engine
         self.runner = runner
         self.closed = False
+        self._closing: asyncio.Task[None] | None = None
         self._schema_checked = False
         self.waker = Waker(config)
         """Wakes claims waiting for work (:mod:`statestore.db.wakeup`)."""
@@ -117,10 +119,18 @@ class Backend:
         return [str(entry) for entry in await self.on_connection(migrations.schema_drift)]
 
     async def close(self) -> None:
-        """Stop the runner and dispose of the engine. Idempotent."""
-        if self.closed:
+        """Stop the runner and dispose of the engine. Idempotent: a second call returns
+        once the first one's closing is done. Cancelling it does not stop the closing
+        (shielded): a shutdown cut short by a timeout must not leave the store half closed,
+        its connections (and SQLite writer thread) open, with nothing left to close them."""
+        if self._closing is None:
+            self.closed = True
+            self._closing = asyncio.ensure_future(self._close())
+        elif self._closing.done():  # closed (also when called from another event loop)
             return
-        self.closed = True
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         await self.waker.close()
         await self.runner.close()
         await self.engine.dispose()

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Engine
 
 from statestore.db.runner import follow_up_failed, translated
 from statestore.db.thread_jobs import Job, Outcome, ThreadState, Work, deliver
+from statestore.errors import DatabaseError
 
 
 class GroupCommitWriter:
@@ -86,13 +87,26 @@ class GroupCommitWriter:
         if self._thread is not None:
             # Outcomes reach the loop in the order the jobs ran, one hop each: once this
             # no-op's has, every job queued before it was delivered, and the follow-up of
-            # an abandoned one was queued as it was, ahead of the stop marker.
-            with contextlib.suppress(Exception):
-                await self.run(_nothing, asyncio.get_running_loop(), exclusive=True)
-            self._jobs.put(None)
-            await asyncio.to_thread(self._thread.join)
-            if self._follow_ups:  # run; their outcomes are on the way to the loop
-                await asyncio.wait(set(self._follow_ups))
+            # an abandoned one was queued as it was, ahead of the stop marker. A thread
+            # that died (an unexpected error) never delivers it: stop waiting at its end.
+            joined = asyncio.ensure_future(asyncio.to_thread(self._thread.join))
+            loop = asyncio.get_running_loop()
+            nothing = asyncio.ensure_future(self.run(_nothing, loop, exclusive=True))
+            try:
+                await asyncio.wait({joined, nothing}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                nothing.cancel()
+                with contextlib.suppress(BaseException):
+                    await nothing
+                self._jobs.put(None)
+            await joined
+            # Every outcome the thread delivered has reached the loop (before the join's):
+            # a follow-up still pending never ran, its thread having died first.
+            for future in list(self._follow_ups):
+                if not future.done():
+                    follow_up_failed(DatabaseError("the writer stopped before it ran"))
+                    with contextlib.suppress(RuntimeError):  # its event loop is closed
+                        future.cancel()
 
     def _loop(self) -> None:
         state = ThreadState()

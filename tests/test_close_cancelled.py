@@ -1,0 +1,98 @@
+"""``close()`` cancelled part-way (a shutdown with a timeout, a cancelled task) still
+finishes closing the store: its database connections (and on SQLite its writer thread) are
+released, and a second ``close()`` returns once they are, on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import asyncpg
+import pytest
+
+from statestore import StateStore, WorkflowExecution
+from statestore.db.sqlite_runner import SqliteRunner
+
+CUTS = range(8)
+"""Loop passes ``close()`` runs before it is cancelled: from "at once" to "after it has
+stopped the waker and is stopping the runner"."""
+GONE = 30.0
+"""Generous bound for the server to see a closed connection go: a hang guard only."""
+
+
+async def _pids(url: str) -> set[int]:
+    raw = await asyncpg.connect(url.replace("postgresql://", "postgres://"))
+    try:
+        rows = await raw.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+        return {row["pid"] for row in rows}
+    finally:
+        await raw.close()
+
+
+async def _released(store: StateStore, url: str, before: set[int]) -> bool:
+    """Whether ``store`` holds nothing on its database any more."""
+    runner = store._backend.runner
+    if isinstance(runner, SqliteRunner):
+        thread = runner.writer._thread
+        if thread is None:
+            return True
+        await asyncio.to_thread(thread.join, GONE)
+        return not thread.is_alive()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + GONE
+    while await _pids(url) - before:
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def test_a_cancelled_close_still_closes_the_store(database_url: str) -> None:
+    for cut in CUTS:
+        before = await _pids(database_url) if database_url.startswith("postgresql") else set()
+        store = await StateStore.connect(database_url)
+        await store.create_execution(WorkflowExecution(workflow_id="wf", workflow_version="1"))
+        await store.claim_work_item("w", ["q"])
+        closing = asyncio.create_task(store.close())
+        for _ in range(cut):
+            await asyncio.sleep(0)
+        closing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await closing
+        # A second close returns once the first one's work is done (a hang guard only).
+        await asyncio.wait_for(store.close(), GONE)
+        assert await _released(store, database_url, before), f"left open (cut {cut})"
+        with pytest.raises(Exception, match="closed"):
+            await store.claim_work_item("w", ["q"])
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_close_returns_after_the_sqlite_writer_thread_died(
+    database_url: str, backend: str
+) -> None:
+    """The SQLite writer's thread ended by an unexpected error (here its after-commit hook
+    raising): ``close()`` still returns, instead of waiting for a no-op job that thread
+    will never run."""
+    if backend != "sqlite":
+        pytest.skip("the writer thread is SQLite's")
+    store = await StateStore.connect(database_url)
+    await store.create_execution(WorkflowExecution(workflow_id="wf", workflow_version="1"))
+    writer = store._backend.runner.writer  # type: ignore[attr-defined]
+    thread = writer._thread
+
+    def boom() -> None:
+        raise RuntimeError("the writer thread dies")
+
+    writer.after_commit = boom
+    write = asyncio.create_task(
+        store.create_execution(WorkflowExecution(workflow_id="wf", workflow_version="1"))
+    )
+    await asyncio.to_thread(thread.join, GONE)
+    assert not thread.is_alive()
+    write.cancel()  # its outcome will never come
+    with contextlib.suppress(asyncio.CancelledError):
+        await write
+    await asyncio.wait_for(store.close(), GONE)
