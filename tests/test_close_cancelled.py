@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -70,15 +71,11 @@ async def test_a_cancelled_close_still_closes_the_store(database_url: str) -> No
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-async def test_close_returns_after_the_sqlite_writer_thread_died(
-    database_url: str, backend: str
-) -> None:
+async def test_close_returns_after_the_sqlite_writer_thread_died(tmp_path: Path) -> None:
     """The SQLite writer's thread ended by an unexpected error (here its after-commit hook
     raising): ``close()`` still returns, instead of waiting for a no-op job that thread
-    will never run."""
-    if backend != "sqlite":
-        pytest.skip("the writer thread is SQLite's")
-    store = await StateStore.connect(database_url)
+    will never run. (SQLite only: PostgreSQL has no writer thread.)"""
+    store = await StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
     await store.create_execution(WorkflowExecution(workflow_id="wf", workflow_version="1"))
     writer = store._backend.runner.writer  # type: ignore[attr-defined]
     thread = writer._thread
