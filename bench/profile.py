@@ -767,7 +767,7 @@ async def postgresql_layers(calls: int, rounds: int) -> list[tuple[str, float, f
     from sqlalchemy.util import await_
 
     from statestore.db import postgres_runner
-    from statestore.db.runner import Call
+    from statestore.db.runner import Call, new_session
 
     name = f"statestore_layers_{os.getpid()}"
     admin = await asyncpg.connect(PG_ADMIN_URL)
@@ -812,9 +812,11 @@ async def postgresql_layers(calls: int, rounds: int) -> list[tuple[str, float, f
                 execution_id = next(ids)
                 await held.run_sync(lambda c: statement.execute(c, {"p_id": execution_id}))
 
+            session = new_session()  # the runner reuses its sessions too
+
             async def bridge_operation() -> None:
                 op = Call(get, (next(ids),))
-                await held.run_sync(postgres_runner._transaction, op, scope, True)
+                await held.run_sync(postgres_runner._transaction, op, scope, True, session)
 
             async def runner_read() -> None:
                 await runner.read(Call(get, (next(ids),)), scope)

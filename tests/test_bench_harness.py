@@ -429,3 +429,27 @@ def test_wakeup_run_measures_the_store_and_its_peers(tmp_path: Path) -> None:
     assert document.startswith("# Benchmarks\n\nkept\n\n## Waking waiting workers\n")
     assert document.endswith("## The feed\n\nkept too\n") and "old" not in document
     assert document.count("## Waking waiting workers") == 1 and "--rounds 5" in document
+
+
+def test_profile_runs_its_cells_and_peels_the_layers() -> None:
+    """bench/profile.py at a tiny size: every hot path on SQLite with its layers, and the
+    PostgreSQL layer-by-layer run (it calls the runner's internals, which change)."""
+    stdout = run_bench("profile.py", "--only", "sqlite", "--calls", "20", "--rounds", "1")
+    rows = {row[1]: row for row in table_rows(stdout) if row[0] == "sqlite"}
+    assert set(rows) == {
+        "append_event",
+        "get_execution",
+        "get_events",
+        "validate_token",
+        "claim_complete",
+    }
+    for row in rows.values():
+        assert number(row[2]) > 0 and number(row[3]) > 0, row
+    layers = [
+        row
+        for row in table_rows(run_bench("profile.py", "--layers", "--calls", "20", "--rounds", "1"))
+        if row[0] != "path"
+    ]
+    paths = [row[0] for row in layers]
+    assert paths[0] == "asyncpg fetchrow (raw)" and paths[-1] == "+ facade (backend, telemetry)"
+    assert len(paths) == 9 and all(number(row[1]) > 0 for row in layers), layers
