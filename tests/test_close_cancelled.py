@@ -72,18 +72,18 @@ async def test_a_cancelled_close_still_closes_the_store(database_url: str) -> No
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 async def test_close_returns_after_the_sqlite_writer_thread_died(tmp_path: Path) -> None:
-    """The SQLite writer's thread ended by an unexpected error (here its after-commit hook
-    raising): ``close()`` still returns, instead of waiting for a no-op job that thread
-    will never run. (SQLite only: PostgreSQL has no writer thread.)"""
+    """The SQLite writer's thread ended by an unexpected error (a bug in the writer itself,
+    injected here): ``close()`` still returns, instead of waiting for a no-op job that
+    thread will never run. (SQLite only: PostgreSQL has no writer thread.)"""
     store = await StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
     await store.create_execution(WorkflowExecution(workflow_id="wf", workflow_version="1"))
     writer = store._backend.runner.writer  # type: ignore[attr-defined]
     thread = writer._thread
 
-    def boom() -> None:
+    def boom(*_args: object) -> None:
         raise RuntimeError("the writer thread dies")
 
-    writer.after_commit = boom
+    writer._run_group = boom
     write = asyncio.create_task(
         store.create_execution(WorkflowExecution(workflow_id="wf", workflow_version="1"))
     )
@@ -93,3 +93,28 @@ async def test_close_returns_after_the_sqlite_writer_thread_died(tmp_path: Path)
     with contextlib.suppress(asyncio.CancelledError):
         await write
     await asyncio.wait_for(store.close(), GONE)
+
+
+async def test_a_failing_after_commit_hook_neither_stops_the_writer_nor_loses_the_outcome(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer's after-commit hook (the store's waker) raising is logged; the group's
+    callers still get their outcomes and later writes still run. (SQLite only.)"""
+    store = await StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        writer = store._backend.runner.writer  # type: ignore[attr-defined]
+
+        def boom() -> None:
+            raise RuntimeError("the hook fails")
+
+        writer.after_commit = boom
+        executions = [WorkflowExecution(workflow_id="wf", workflow_version="1") for _ in range(5)]
+        await asyncio.wait_for(
+            asyncio.gather(*(store.create_execution(e) for e in executions)), GONE
+        )
+        for execution in executions:
+            assert await store.get_execution(execution.execution_id) is not None
+        assert writer._thread.is_alive()
+        assert "after-commit hook failed" in caplog.text
+    finally:
+        await asyncio.wait_for(store.close(), GONE)

@@ -261,6 +261,7 @@ class PostgresRunner(Runner):
             if late:
                 await asyncio.wait(late)
         await self._drop_idle()
+        self._sessions.clear()
 
 
 def _transaction(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -15,6 +16,8 @@ from sqlalchemy import Connection, Engine
 from statestore.db.runner import follow_up_failed, translated
 from statestore.db.thread_jobs import Job, Outcome, ThreadState, Work, deliver
 from statestore.errors import DatabaseError
+
+_log = logging.getLogger("statestore")
 
 
 class GroupCommitWriter:
@@ -160,7 +163,7 @@ class GroupCommitWriter:
             # Only a group that changed rows wakes waiters: a claim that found nothing
             # commits too, and must not wake the other waiters into claiming in turn.
             if self.after_commit is not None and _total_changes(connection) != changes_before:
-                self.after_commit()
+                _signal(self.after_commit)
         deliver(jobs, outcomes)
 
     def _run_exclusive(self, job: Job, state: ThreadState) -> None:
@@ -179,6 +182,15 @@ class GroupCommitWriter:
             outcome = (None, translated(exc))
             state.after_failure()
         deliver([job], [outcome])
+
+
+def _signal(hook: Callable[[], None]) -> None:
+    """Run the after-commit hook; its failure is logged, never raised: the group committed,
+    and its callers must still get their outcomes (and the thread must live on)."""
+    try:
+        hook()
+    except Exception:
+        _log.exception("the writer's after-commit hook failed (waiting claims poll instead)")
 
 
 def _nothing(_connection: Connection, _session: object) -> None:
