@@ -114,6 +114,20 @@ def pg_database() -> Iterator[str]:
     asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
+async def client_backends(url: str) -> set[int]:
+    """The pids of the client backends on ``url``'s PostgreSQL database now (this query's
+    own excluded): what a store holds open there, beside whatever else is connected."""
+    raw = await asyncpg.connect(url.replace("postgresql://", "postgres://"))
+    try:
+        rows = await raw.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+        return {row["pid"] for row in rows}
+    finally:
+        await raw.close()
+
+
 async def reset_pg(url: str) -> None:
     """Empty every table and restore the ``default`` tenant, as after migration."""
     conn = await asyncpg.connect(url.replace("postgresql://", "postgres://"))

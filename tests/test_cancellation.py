@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from conftest import client_backends
 
 from statestore import (
     ConfigurationError,
@@ -156,7 +157,8 @@ async def test_close_with_a_call_blocked_on_a_lock_returns_and_leaves_nothing_be
     lock is released the database takes writes again."""
     # Backends already there are not the store's: the session's PgBouncer keeps its server
     # connections idle on this database after the tests run through it.
-    others = await _backend_pids(database_url) if database_url.startswith("postgresql") else []
+    postgres = database_url.startswith("postgresql")
+    others = sorted(await client_backends(database_url)) if postgres else []
     store: StateStore = await make_store(busy_timeout=1.0)
     run = WorkflowExecution(workflow_id="w", workflow_version="1", current_state={"v": 0})
     await store.create_execution(run)
@@ -218,18 +220,5 @@ async def _store_backends(url: str, others: list[int]) -> list[str]:
             others,
         )
         return [row["state"] for row in rows]
-    finally:
-        await raw.close()
-
-
-async def _backend_pids(url: str) -> list[int]:
-    """The client backends on this database now."""
-    raw = await asyncpg.connect(url.replace("postgresql://", "postgres://"))
-    try:
-        rows = await raw.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-        )
-        return [row["pid"] for row in rows]
     finally:
         await raw.close()

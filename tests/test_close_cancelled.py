@@ -8,8 +8,8 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-import asyncpg
 import pytest
+from conftest import client_backends
 
 from statestore import StateStore, WorkflowExecution
 from statestore.db.sqlite_runner import SqliteRunner
@@ -19,18 +19,6 @@ CUTS = range(8)
 stopped the waker and is stopping the runner"."""
 GONE = 30.0
 """Generous bound for the server to see a closed connection go: a hang guard only."""
-
-
-async def _pids(url: str) -> set[int]:
-    raw = await asyncpg.connect(url.replace("postgresql://", "postgres://"))
-    try:
-        rows = await raw.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-        )
-        return {row["pid"] for row in rows}
-    finally:
-        await raw.close()
 
 
 async def _released(store: StateStore, url: str, before: set[int]) -> bool:
@@ -44,7 +32,7 @@ async def _released(store: StateStore, url: str, before: set[int]) -> bool:
         return not thread.is_alive()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + GONE
-    while await _pids(url) - before:
+    while await client_backends(url) - before:
         if loop.time() > deadline:
             return False
         await asyncio.sleep(0.05)
@@ -53,7 +41,8 @@ async def _released(store: StateStore, url: str, before: set[int]) -> bool:
 
 async def test_a_cancelled_close_still_closes_the_store(database_url: str) -> None:
     for cut in CUTS:
-        before = await _pids(database_url) if database_url.startswith("postgresql") else set()
+        postgres = database_url.startswith("postgresql")
+        before = await client_backends(database_url) if postgres else set()
         store = await StateStore.connect(database_url)
         await store.create_execution(WorkflowExecution(workflow_id="wf", workflow_version="1"))
         await store.claim_work_item("w", ["q"])

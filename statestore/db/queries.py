@@ -30,7 +30,7 @@ between can show every term true; each caller reports that as "changed meanwhile
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from datetime import datetime
 from enum import Enum
 from functools import cache
@@ -955,6 +955,18 @@ def complete_items(
     that way, ``COMPLETE_CHUNK`` per statement; returns the triples completed."""
     done: set[tuple[uuid.UUID, str, int]] = set()
     ids_first = _connection(session).dialect.name == "sqlite"
+    for size, params in _held_chunks(held, now):
+        rows = _in_scope(session, _complete, params, size, True, True, ids_first)
+        done.update((row.id, row.worker_id, row.lease_fence) for row in rows)
+    return done
+
+
+def _held_chunks(
+    held: Sequence[tuple[uuid.UUID, str, int]], now: datetime
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``held`` (id, worker_id, lease_fence) in chunks of at most :data:`COMPLETE_CHUNK`,
+    each padded to a power of two by repeating its first entry: (size, the parameters
+    ``p_id<i>``, ``p_worker<i>``, ``p_fence<i>`` and ``p_now``)."""
     for start in range(0, len(held), COMPLETE_CHUNK):
         chunk = list(held[start : start + COMPLETE_CHUNK])
         size = 1 << (len(chunk) - 1).bit_length()
@@ -964,9 +976,7 @@ def complete_items(
             params[f"p_id{i}"] = item_id
             params[f"p_worker{i}"] = worker_id
             params[f"p_fence{i}"] = fence
-        rows = _in_scope(session, _complete, params, size, True, True, ids_first)
-        done.update((row.id, row.worker_id, row.lease_fence) for row in rows)
-    return done
+        yield size, params
 
 
 def _release(count: int) -> Executable:
@@ -998,18 +1008,10 @@ def release_items(
     session: Session, held: Sequence[tuple[uuid.UUID, str, int]], now: datetime
 ) -> set[uuid.UUID]:
     """Give back the items among ``held`` (id, worker_id, lease_fence) still held exactly
-    that way (:func:`_release`), :data:`COMPLETE_CHUNK` per statement (padded as
-    :func:`complete_items` pads); returns the ids given back."""
+    that way (:func:`_release`), in the chunks of :func:`_held_chunks`; returns the ids
+    given back."""
     released: set[uuid.UUID] = set()
-    for start in range(0, len(held), COMPLETE_CHUNK):
-        chunk = list(held[start : start + COMPLETE_CHUNK])
-        size = 1 << (len(chunk) - 1).bit_length()
-        chunk += [chunk[0]] * (size - len(chunk))
-        params: dict[str, Any] = {"p_now": now}
-        for i, (item_id, worker_id, fence) in enumerate(chunk):
-            params[f"p_id{i}"] = item_id
-            params[f"p_worker{i}"] = worker_id
-            params[f"p_fence{i}"] = fence
+    for size, params in _held_chunks(held, now):
         released.update(row.id for row in _in_scope(session, _release, params, size))
     return released
 
