@@ -94,22 +94,22 @@ class _Instruments:
 
     def tracing(self) -> bool:
         """Whether a tracer provider is configured (not the API's proxy or no-op one)."""
-        if self.own_tracer_provider:
-            return True
-        provider = _global_provider(otel_trace, "_TRACER_PROVIDER", "get_tracer_provider")
         assert otel_trace is not None
-        return provider is not None and not isinstance(
-            provider, otel_trace.ProxyTracerProvider | otel_trace.NoOpTracerProvider
+        return self.own_tracer_provider or _configured(
+            otel_trace,
+            "_TRACER_PROVIDER",
+            "get_tracer_provider",
+            otel_trace.ProxyTracerProvider | otel_trace.NoOpTracerProvider,
         )
 
     def metering(self) -> bool:
         """Whether a meter provider is configured (not the API's proxy or no-op one)."""
-        if self.own_meter_provider:
-            return True
-        provider = _global_provider(_metrics_globals, "_METER_PROVIDER", "get_meter_provider")
         assert otel_metrics is not None
-        return provider is not None and not isinstance(
-            provider, _ProxyMeterProvider | otel_metrics.NoOpMeterProvider
+        return self.own_meter_provider or _configured(
+            _metrics_globals,
+            "_METER_PROVIDER",
+            "get_meter_provider",
+            _ProxyMeterProvider | otel_metrics.NoOpMeterProvider,
         )
 
     def record(self, started: float, metric: dict[str, Any], error: BaseException | None) -> None:
@@ -125,14 +125,15 @@ class _Instruments:
         self.duration.record(time.perf_counter() - started, attributes)
 
 
-def _global_provider(module: Any, variable: str, getter: str) -> Any:
-    """The global provider the API holds, ``None`` while none is set. Read from the API's
-    own variable where it has one: its public getter reads the environment at every call
-    (for ``OTEL_PYTHON_*_PROVIDER``, which it already followed when the instruments were
-    made), a few microseconds per store call."""
-    if hasattr(module, variable):
-        return getattr(module, variable)
-    return getattr(module, getter)()
+def _configured(module: Any, variable: str, getter: str, placeholders: Any) -> bool:
+    """Whether the API holds a global provider other than its ``placeholders`` (proxy and
+    no-op). Read from the API's own variable where it has one (``None`` while none is set):
+    its public getter reads the environment at every call (for ``OTEL_PYTHON_*_PROVIDER``,
+    which it already followed when the instruments were made), a few microseconds per store
+    call."""
+    held = hasattr(module, variable)
+    provider = getattr(module, variable) if held else getattr(module, getter)()
+    return provider is not None and not isinstance(provider, placeholders)
 
 
 _instruments: _Instruments | None = None
