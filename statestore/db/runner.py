@@ -123,7 +123,7 @@ def run_in_session(
     connection: Connection, op: Operation[T], scope: Scope, session: TenantSession | None = None
 ) -> T:
     """Run ``op`` on a scoped session bound to ``connection``'s open transaction: a fresh
-    one, or ``session`` re-bound to ``connection`` (a runner thread reuses its own: most
+    one, or ``session`` re-bound to ``connection`` (runners reuse theirs: most
     operations, the Core hot paths, never begin a session transaction, so building and
     closing a Session for each would cost more than their own Python). Either way the
     session is clean when ``op`` starts and left clean, its scope removed."""
