@@ -898,6 +898,21 @@ def renew_lease(
     return Refused(select_lease(session, item_id, worker_id, lease_fence))
 
 
+def _held_by_their_leases(
+    count: int, by_worker: bool, by_fence: bool, ids_first: bool
+) -> list[ColumnElement[bool]]:
+    """The terms of a statement on items ``:p_id<i>`` (``i`` < ``count``), each only while
+    still held by its lease (``:p_worker<i>``, ``:p_fence<i>``, when checked): the ``OR``
+    of the items, after ``id IN (:p_id0, …)`` if ``ids_first`` (see :func:`_complete`)."""
+    ids = [bindparam(f"p_id{i}", type_=WorkItemRow.id.type) for i in range(count)]
+    held = [
+        and_(WorkItemRow.id == item_id, lease_held(*_lease_binds(i, by_worker, by_fence)))
+        for i, item_id in enumerate(ids)
+    ]
+    among = [WorkItemRow.id.in_(ids)] if ids_first else []
+    return [*among, or_(*held)]
+
+
 def _complete(count: int, by_worker: bool, by_fence: bool, ids_first: bool = False) -> Executable:
     """The one definition of completing: each item ``:p_id<i>`` still held by its lease
     (``:p_worker<i>``, ``:p_fence<i>``, when checked) becomes completed and loses its
@@ -907,15 +922,9 @@ def _complete(count: int, by_worker: bool, by_fence: bool, ids_first: bool = Fal
     planner (which has no statistics) would otherwise scan the tenant's index when the
     tenant's predicate stands beside the ``OR``, instead of probing the primary key per
     item. PostgreSQL plans the ``OR`` well and only pays for the extra list."""
-    ids = [bindparam(f"p_id{i}", type_=WorkItemRow.id.type) for i in range(count)]
-    held = [
-        and_(WorkItemRow.id == item_id, lease_held(*_lease_binds(i, by_worker, by_fence)))
-        for i, item_id in enumerate(ids)
-    ]
-    among = [WorkItemRow.id.in_(ids)] if ids_first else []
     return (
         update(WorkItemRow)
-        .where(*among, or_(*held))
+        .where(*_held_by_their_leases(count, by_worker, by_fence, ids_first))
         .values(
             status=COMPLETED,
             lease_expires_at=None,
@@ -985,14 +994,9 @@ def _release(count: int) -> Executable:
     lease released and the attempt that claim counted undone; ``available_at`` is kept (it
     was due). Each item given back is announced (``pg_notify`` in the ``RETURNING``, atomic
     with the update, as an enqueue's)."""
-    ids = [bindparam(f"p_id{i}", type_=WorkItemRow.id.type) for i in range(count)]
-    held = [
-        and_(WorkItemRow.id == item_id, lease_held(*_lease_binds(i, True, True)))
-        for i, item_id in enumerate(ids)
-    ]
     return (
         update(WorkItemRow)
-        .where(WorkItemRow.id.in_(ids), or_(*held))
+        .where(*_held_by_their_leases(count, True, True, ids_first=True))
         .values(
             status=PENDING,
             worker_id=None,
