@@ -62,11 +62,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import sqlalchemy
-from common import command_line, cpu_model
+from common import KIND, command_line, cpu_model
 from sqlalchemy import Dialect, Executable, event
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from statestore import Event, NodeCompleted, StateStore, WorkflowExecution, WorkItem
+from statestore import Event, StateStore, WorkflowExecution, WorkItem
 from statestore.db import queries
 from statestore.validation import dump_json
 
@@ -94,13 +94,6 @@ BEGIN, END = "<!-- capacity -->", "<!-- /capacity -->"
 FIGURES_BEGIN, FIGURES_END = "<!-- capacity figures -->", "<!-- /capacity figures -->"
 SCALE_END = "<!-- /scale -->"
 
-# The event every append writes (the one bench/common.py uses: ~200 B of JSON).
-KIND = NodeCompleted(
-    node_id="summarise",
-    output={"summary": "The page describes the quarterly results and the outlook.", "tokens": 412},
-    state_patch={"summarise": "done", "step": 3},
-    duration_ms=1834,
-)
 KIND_JSON = KIND.to_json_dict()
 KIND_TEXT = dump_json(KIND_JSON)
 KIND_TYPE = str(KIND_JSON["type"])
