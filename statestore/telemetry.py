@@ -58,7 +58,8 @@ except ImportError:  # the otel extra is not installed: nothing is traced
     _ProxyMeterProvider = None  # type: ignore[assignment,misc]
 
 ENABLED = otel_trace is not None
-"""Whether ``opentelemetry-api`` is installed (then every store call is traced)."""
+"""Whether ``opentelemetry-api`` is installed (then every store call is traced and timed
+while a provider is configured: :func:`observed`)."""
 
 INSTRUMENTATION = "statestore"
 SPAN_PREFIX = "statestore."
