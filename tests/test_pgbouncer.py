@@ -165,17 +165,7 @@ async def test_the_maintenance_leader_holds_its_lock_on_the_direct_url(
         assert reclaimed is not None and reclaimed.status == "pending"
         # Held by the leader's session, straight to the server (a server connection of the
         # pool would show the store's statements of whichever client it served last).
-        direct = await asyncpg.connect(pg_url.replace("postgresql://", "postgres://"))
-        try:
-            holders = await direct.fetch(
-                "SELECT l.pid, a.query FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-                " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::int::oid"
-                " AND l.database ="
-                " (SELECT oid FROM pg_database WHERE datname = current_database())",
-                MAINTENANCE_LOCK_KEY,
-            )
-        finally:
-            await direct.close()
+        holders = await _maintenance_lock_holders(pg_url)
         assert len(holders) == 1  # its last statement is the leader's own, no store's SQL
         assert holders[0]["query"] in ("SELECT 1", "SELECT pg_try_advisory_lock($1, hashtext($2))")
     finally:
@@ -269,53 +259,53 @@ async def test_cli_maintain_takes_the_direct_url(database_url: str, pg_url: str)
     leader's lock would be a session lock on a pooled connection), and with it (here from
     ``$STATESTORE_DIRECT_URL``) it leads and stops on SIGTERM."""
     statestore = str(Path(sys.executable).with_name("statestore"))
-    refused = await asyncio.create_subprocess_exec(
-        statestore,
-        "maintain",
-        "--url",
-        database_url,
-        "--every",
-        "0.1",
-        env={k: v for k, v in os.environ.items() if k != "STATESTORE_DIRECT_URL"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    environment = {k: v for k, v in os.environ.items() if k != "STATESTORE_DIRECT_URL"}
+
+    async def maintain(env: dict[str, str]) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            statestore,
+            *("maintain", "--url", database_url, "--every", "0.1"),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+
+    refused = await maintain(environment)
     out, err = await asyncio.wait_for(refused.communicate(), 60)
     assert refused.returncode != 0
     assert b"direct_url" in out + err
-    process = await asyncio.create_subprocess_exec(
-        statestore,
-        "maintain",
-        "--url",
-        database_url,
-        "--every",
-        "0.1",
-        env={**os.environ, "STATESTORE_DIRECT_URL": pg_url},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await maintain({**environment, "STATESTORE_DIRECT_URL": pg_url})
     assert process.stdout is not None
     line = await asyncio.wait_for(process.stdout.readline(), 30)
     assert b"maintaining" in line
-    direct = await asyncpg.connect(pg_url.replace("postgresql://", "postgres://"))
-    try:
-        for _ in range(200):
-            held = await direct.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                " AND classid = $1::int::oid AND database ="
-                " (SELECT oid FROM pg_database WHERE datname = current_database())",
-                MAINTENANCE_LOCK_KEY,
-            )
-            if held:
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        await direct.close()
+    for _ in range(200):
+        held = len(await _maintenance_lock_holders(pg_url))
+        if held:
+            break
+        await asyncio.sleep(0.05)
     assert held == 1  # the CLI's leader holds the lock on its direct session
     process.send_signal(signal.SIGTERM)
     out, err = await asyncio.wait_for(process.communicate(), 20)
     assert process.returncode == 0, err.decode()
     assert b"maintenance stopped" in out
+
+
+async def _maintenance_lock_holders(pg_url: str) -> list[Any]:
+    """The sessions holding the maintenance leader's advisory lock on the test database,
+    with their last statement (pid, query), asked of the server directly."""
+    direct = await asyncpg.connect(pg_url.replace("postgresql://", "postgres://"))
+    try:
+        return list(
+            await direct.fetch(
+                "SELECT l.pid, a.query FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+                " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::int::oid"
+                " AND l.database ="
+                " (SELECT oid FROM pg_database WHERE datname = current_database())",
+                MAINTENANCE_LOCK_KEY,
+            )
+        )
+    finally:
+        await direct.close()
 
 
 CHILD_LEASE_S = 60
