@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -112,6 +114,22 @@ def pg_database() -> Iterator[str]:
     asyncio.run(migrate())
     yield url
     asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def run_bench(script: str, *args: str, timeout: float = 180) -> str:
+    """Run ``bench/<script>`` with ``args`` from the checkout; its standard output (it must
+    succeed)."""
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, str(repo / "bench" / script), *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
 
 
 async def client_backends(url: str) -> set[int]:

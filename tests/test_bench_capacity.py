@@ -7,12 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import asyncpg
 import pytest
+from conftest import run_bench
 
 REPO = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("STATESTORE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -36,16 +35,7 @@ def require_postgresql() -> None:
 
 
 def run_capacity(*args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "capacity.py"), "--pg-url", PG_ADMIN_URL, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    return run_bench("capacity.py", "--pg-url", PG_ADMIN_URL, *args, timeout=300)
 
 
 def test_tiny_capacity_run_writes_its_json_and_section(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ import importlib
 import importlib.util
 import json
 import re
-import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 import sqlalchemy
+from conftest import run_bench
 from sqlalchemy import event
 
 from statestore import Event, NodeCompleted, StateStore, WorkflowExecution, WorkItem
@@ -51,20 +51,6 @@ def table_rows(output: str) -> list[list[str]]:
 
 def number(text: str) -> float:
     return float(text.replace(",", ""))
-
-
-def run_bench(script: str, *args: str) -> str:
-    """Run ``bench/<script>`` with ``args``; its standard output (it must succeed)."""
-    result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / script), *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
 
 
 def test_quick_sqlite_run_prints_the_table(tmp_path: Path) -> None:
