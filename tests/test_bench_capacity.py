@@ -13,7 +13,6 @@ import asyncpg
 import pytest
 from conftest import run_bench
 
-REPO = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("STATESTORE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 TINY = ("--workers", "1,2", "--duration", "0.3", "--rounds", "1")
